@@ -1,0 +1,282 @@
+"""Stage 2 — structure from motion with pycolmap (CPU SIFT).
+
+Images and their metadata (`ingest/exif.csv`) go in; a COLMAP binary model in
+the SfM's own arbitrary frame comes out, plus `report.json`. GPS positions are
+written to the database as pose priors: the spatial matcher pairs images by
+them, and the georef stage maps the model onto them.
+
+The focal length is seeded from the metadata (sensor width or 35 mm
+equivalent). On a nadir-only flight over flat ground a camera cannot tell focal
+length from flying height, so bundle adjustment is free to drift the focal
+(measured: 848 -> 1118 px on brighton_beach, 10 m of vertical error). With
+`refine_focal: auto` we therefore hold a metadata focal fixed on nadir-only
+flights and let georef correct the flying height from the relative altitude.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pycolmap
+
+from .errors import InputError, StageFailure
+from .fileio import atomic_path, write_json
+from .ingest import ImageMeta, read_exif_csv
+
+log = logging.getLogger(__name__)
+
+# A gimbal pitch within this many degrees of -90 counts as nadir.
+NADIR_TOLERANCE_DEG = 10.0
+
+
+@dataclass(frozen=True)
+class SfmOptions:
+    """The `sfm:` section of a scene YAML (defaults live in config/schema.yaml)."""
+
+    matcher: str = "auto"  # auto | exhaustive | spatial
+    exhaustive_max_images: int = 60  # auto: exhaustive up to this many images, spatial above
+    spatial_max_neighbors: int = 30
+    spatial_max_distance_m: float = 300.0
+    mapper: str = "incremental"  # incremental | global
+    camera_model: str = "SIMPLE_RADIAL"
+    max_num_features: int = 8192
+    refine_focal: str = "auto"  # auto | true | false
+    min_registered_fraction: float = 0.5
+    seed: int = 0
+
+    @staticmethod
+    def from_config(d: dict | None) -> "SfmOptions":
+        d = dict(d or {})
+        d["refine_focal"] = str(d.get("refine_focal", "auto")).lower()
+        return SfmOptions(**d)
+
+
+def is_nadir_only(metas: Sequence[ImageMeta]) -> bool | None:
+    """True if every image's gimbal pitch says nadir, False if any is oblique,
+    None when the metadata has no gimbal angles to tell."""
+    pitches = [m.gimbal_pitch for m in metas if m.gimbal_pitch is not None]
+    if len(pitches) < len(metas) or not pitches:
+        return None
+    return all(abs(p + 90.0) <= NADIR_TOLERANCE_DEG for p in pitches)
+
+
+def choose_matcher(opts: SfmOptions, n_images: int, n_priors: int) -> str:
+    if opts.matcher != "auto":
+        if opts.matcher == "spatial" and n_priors < n_images // 2:
+            raise InputError(
+                f"`sfm.matcher: spatial` needs GPS priors, but only {n_priors} of {n_images} images have one",
+                hint="use `matcher: exhaustive` or provide positions (EXIF GPS or geo.txt)",
+            )
+        return opts.matcher
+    if n_images <= opts.exhaustive_max_images or n_priors < n_images // 2:
+        return "exhaustive"
+    return "spatial"
+
+
+def _decide_refine_focal(opts: SfmOptions, metas: Sequence[ImageMeta]) -> tuple[bool, str]:
+    if opts.refine_focal in ("true", "yes", "1"):
+        return True, "config"
+    if opts.refine_focal in ("false", "no", "0"):
+        return False, "config"
+    nadir = is_nadir_only(metas)
+    trusted = all(m.focal_px_source == "sensor_width" for m in metas)
+    if nadir and trusted:
+        return False, "nadir-only flight with a sensor-width focal prior: focal held fixed"
+    return True, "auto: focal refined (obliques present or no trusted focal prior)"
+
+
+def _write_database(db_path: Path, images_dir: Path, metas: Sequence[ImageMeta], opts: SfmOptions,
+                    threads: int) -> int:
+    """Import images, set focal priors, write GPS pose priors. Returns the number of priors."""
+    names = [m.name for m in metas]
+    pycolmap.Database.open(str(db_path)).close()
+    same_camera = len({(m.make, m.model, m.width, m.height, round(m.focal_px or 0, 1)) for m in metas}) == 1
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = opts.camera_model
+    pycolmap.import_images(
+        str(db_path), str(images_dir),
+        camera_mode=pycolmap.CameraMode.SINGLE if same_camera else pycolmap.CameraMode.PER_IMAGE,
+        image_names=names, options=reader,
+    )
+    by_name = {m.name: m for m in metas}
+    n_priors = 0
+    with pycolmap.Database.open(str(db_path)) as db:
+        images = db.read_all_images()
+        cam_focals: dict[int, list[float]] = {}
+        for im in images:
+            m = by_name[im.name]
+            if m.focal_px:
+                cam_focals.setdefault(im.camera_id, []).append(float(m.focal_px))
+            pos = _prior_wgs84(m)
+            if pos is not None:
+                sh = m.h_acc if m.h_acc else 5.0
+                sv = m.v_acc if m.v_acc else 10.0
+                db.write_pose_prior(pycolmap.PosePrior(
+                    position=np.asarray(pos, float),
+                    position_covariance=np.diag([sh * sh, sh * sh, sv * sv]),
+                    coordinate_system=pycolmap.PosePriorCoordinateSystem.WGS84,
+                    corr_data_id=im.data_id,
+                ))
+                n_priors += 1
+        for cam in db.read_all_cameras():
+            focals = cam_focals.get(cam.camera_id)
+            if not focals:
+                continue
+            params = np.array(cam.params, float)
+            for i in cam.focal_length_idxs():
+                params[i] = statistics.median(focals)
+            cam.params = params
+            cam.has_prior_focal_length = True
+            db.update_camera(cam)
+    return n_priors
+
+
+def _prior_wgs84(m: ImageMeta) -> tuple[float, float, float] | None:
+    """(lat, lon, alt) of the image for COLMAP's WGS84 pose prior, from EXIF or geo.txt."""
+    if m.position_source == "geo_txt" and m.geo_x is not None and m.geo_crs:
+        from pyproj import CRS
+
+        from .crs import WGS84_3D, to_crs
+        lon, lat, alt = to_crs(np.array([[m.geo_x, m.geo_y, m.geo_z or 0.0]]), CRS.from_user_input(m.geo_crs),
+                               WGS84_3D)[0]
+        return float(lat), float(lon), float(alt)
+    if m.lat is not None and m.lon is not None:
+        return float(m.lat), float(m.lon), float(m.alt if m.alt is not None else 0.0)
+    return None
+
+
+def _match(db_path: Path, matcher: str, opts: SfmOptions, threads: int) -> None:
+    mopts = pycolmap.FeatureMatchingOptions()
+    mopts.num_threads = threads
+    if matcher == "exhaustive":
+        pycolmap.match_exhaustive(str(db_path), matching_options=mopts, device=pycolmap.Device.cpu)
+    else:
+        popts = pycolmap.SpatialPairingOptions()
+        popts.max_num_neighbors = opts.spatial_max_neighbors
+        popts.max_distance = opts.spatial_max_distance_m
+        popts.ignore_z = True
+        pycolmap.match_spatial(str(db_path), matching_options=mopts, pairing_options=popts,
+                               device=pycolmap.Device.cpu)
+
+
+def _map(db_path: Path, images_dir: Path, out_dir: Path, opts: SfmOptions, refine_focal: bool,
+         threads: int) -> dict[int, pycolmap.Reconstruction]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if opts.mapper == "global":
+        gopts = pycolmap.GlobalPipelineOptions()
+        gopts.num_threads = threads
+        gopts.random_seed = opts.seed
+        gopts.mapper.bundle_adjustment.refine_focal_length = refine_focal
+        gopts.mapper.global_positioning.use_gpu = False
+        gopts.mapper.bundle_adjustment.ceres.use_gpu = False
+        return pycolmap.global_mapping(str(db_path), str(images_dir), str(out_dir), gopts)
+    iopts = pycolmap.IncrementalPipelineOptions()
+    iopts.num_threads = threads
+    iopts.random_seed = opts.seed
+    iopts.ba_refine_focal_length = refine_focal
+    iopts.mapper.abs_pose_refine_focal_length = refine_focal
+    return pycolmap.incremental_mapping(str(db_path), str(images_dir), str(out_dir), iopts)
+
+
+def summarize(rec: pycolmap.Reconstruction, total: int) -> dict:
+    """The figures a user checks first: how much registered, how well it fits."""
+    cams = {cid: {"model": c.model_name, "width": c.width, "height": c.height,
+                  "params": [float(p) for p in c.params]} for cid, c in rec.cameras.items()}
+    registered = sorted(rec.images[i].name for i in rec.reg_image_ids())
+    return {
+        "registered": len(registered),
+        "total": total,
+        "registered_fraction": len(registered) / total if total else 0.0,
+        "mean_reproj_error_px": float(rec.compute_mean_reprojection_error()),
+        "num_points3d": int(rec.num_points3D()),
+        "mean_track_length": float(rec.compute_mean_track_length()),
+        "cameras": cams,
+        "registered_images": registered,
+    }
+
+
+def run(images_dir: str | Path, exif_csv: str | Path, out_sparse: str | Path, out_report: str | Path,
+        out_database: str | Path, *, options: SfmOptions | dict | None = None, threads: int = 2) -> dict:
+    """Run SfM; write the largest model to `out_sparse` and the figures to `out_report`.
+
+    Fails (StageFailure) when fewer than `min_registered_fraction` of the images
+    register; the partial model is kept beside the outputs in `partial/`.
+    """
+    opts = options if isinstance(options, SfmOptions) else SfmOptions.from_config(options)
+    images_dir, out_sparse, out_report = Path(images_dir), Path(out_sparse), Path(out_report)
+    metas = read_exif_csv(exif_csv)
+    total = len(metas)
+    t0 = time.monotonic()
+    pycolmap.set_random_seed(opts.seed)
+    stage_dir = out_sparse.parent
+    partial_dir = stage_dir / "partial"
+    shutil.rmtree(partial_dir, ignore_errors=True)
+
+    with atomic_path(out_database) as db_path, atomic_path(out_sparse) as sparse_tmp:
+        n_priors = _write_database(db_path, images_dir, metas, opts, threads)
+        log.info("database: %d images, %d GPS pose priors", total, n_priors)
+
+        ext = pycolmap.FeatureExtractionOptions()
+        ext.num_threads = threads
+        ext.sift.max_num_features = opts.max_num_features
+        t = time.monotonic()
+        pycolmap.extract_features(str(db_path), str(images_dir), image_names=[m.name for m in metas],
+                                  extraction_options=ext, device=pycolmap.Device.cpu)
+        log.info("SIFT extraction: %.1f s", time.monotonic() - t)
+
+        matcher = choose_matcher(opts, total, n_priors)
+        t = time.monotonic()
+        _match(db_path, matcher, opts, threads)
+        log.info("%s matching: %.1f s", matcher, time.monotonic() - t)
+
+        refine_focal, why = _decide_refine_focal(opts, metas)
+        log.info("focal refinement: %s (%s)", refine_focal, why)
+        t = time.monotonic()
+        maps_dir = sparse_tmp.parent / "models"
+        recs = _map(db_path, images_dir, maps_dir, opts, refine_focal, threads)
+        log.info("%s mapping: %.1f s, %d model(s)", opts.mapper, time.monotonic() - t, len(recs))
+
+        best = max(recs.values(), key=lambda r: r.num_reg_images()) if recs else None
+        summary = summarize(best, total) if best is not None else {
+            "registered": 0, "total": total, "registered_fraction": 0.0}
+        summary.update({
+            "matcher": matcher, "mapper": opts.mapper, "num_models": len(recs),
+            "pose_priors": n_priors, "refine_focal": refine_focal, "refine_focal_reason": why,
+            "nadir_only": is_nadir_only(metas),
+            "focal_prior_px": _median_or_none([m.focal_px for m in metas]),
+            "unregistered_images": sorted(set(m.name for m in metas) - set(summary.get("registered_images", []))),
+            "seconds": round(time.monotonic() - t0, 2),
+        })
+        if summary["registered_fraction"] < opts.min_registered_fraction:
+            if best is not None:
+                partial_dir.mkdir(parents=True, exist_ok=True)
+                best.write(str(partial_dir))
+            write_json(stage_dir / "report.partial.json", summary)
+            raise StageFailure(
+                f"SfM registered {summary['registered']}/{total} images "
+                f"({summary['registered_fraction']:.0%}, below the required "
+                f"{opts.min_registered_fraction:.0%}). "
+                + (f"The partial model is kept for inspection in {partial_dir}. " if best is not None else "")
+                + "Check that the photos overlap (>= 60% forward, >= 40% side) and show texture; "
+                "unregistered: " + ", ".join(summary["unregistered_images"][:20])
+            )
+        sparse_tmp.mkdir()
+        best.write(str(sparse_tmp))
+        shutil.rmtree(maps_dir, ignore_errors=True)
+    summary["seconds"] = round(time.monotonic() - t0, 2)
+    write_json(out_report, summary)
+    log.info("SfM: %d/%d registered, %.3f px, %d points, %.1f s", summary["registered"], total,
+             summary["mean_reproj_error_px"], summary["num_points3d"], summary["seconds"])
+    return summary
+
+
+def _median_or_none(values):
+    v = [x for x in values if x]
+    return float(statistics.median(v)) if v else None
