@@ -143,9 +143,6 @@ def fit_similarity_robust(
     def unpack(x):
         return Similarity(float(np.exp(x[3])), Rotation.from_rotvec(x[:3]).as_matrix(), x[4:7])
 
-    def fun(x):
-        return _normalised_residuals(unpack(x), src, dst, sigma).ravel()
-
     # Use only RANSAC inliers in the refinement so that gross outliers have no pull at all.
     sel = best_inl
 

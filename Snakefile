@@ -1,0 +1,23 @@
+# aerosplat: drone and aerial photos to georeferenced 3D products.
+# Table of contents only: configuration, the stage rules in pipeline order, and `all`.
+import os
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/sample.smk"
+include: "rules/ingest.smk"
+include: "rules/sfm.smk"
+include: "rules/georef.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        get_final_outputs(),

@@ -1,0 +1,101 @@
+# Everything that is not a rule: scene loading and validation, wildcard
+# constraints, input functions and the final targets.
+import os
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from aerosplat.config import load_scene
+from aerosplat.crs import parse_delivery_crs
+from aerosplat.errors import InputError
+
+BASE = Path(workflow.basedir)
+SCHEMA = BASE / "config" / "schema.yaml"
+SCENES_DIR = Path(config.get("scenes_dir") or BASE / "config" / "scenes")
+
+
+def _resolve(scene, value):
+    """Scene paths: `{synthetic}` is the scene's generator output; others are relative to the repo."""
+    if value in (None, ""):
+        return None
+    text = str(value).replace("{synthetic}", f"results/{scene}/synthetic")
+    if text.startswith("results/") or os.path.isabs(text):
+        return text
+    return str(BASE / text)
+
+
+def _load_scenes(names):
+    scenes = {}
+    if isinstance(names, str):
+        names = [names]
+    if not names:
+        raise WorkflowError("config/config.yaml: `scenes` is empty; list at least one scene name")
+    for name in names:
+        path = SCENES_DIR / f"{name}.yaml"
+        try:
+            cfg = load_scene(path, SCHEMA)
+            if cfg["crs"] not in ("auto", None):
+                parse_delivery_crs(cfg["crs"], source=str(path))
+        except InputError as exc:
+            raise WorkflowError(f"Scene '{name}': {exc}") from None
+        cfg["_file"] = str(path)
+        for key in ("images", "truth", "generate"):
+            cfg[key] = _resolve(name, cfg.get(key))
+        for key in ("geo_txt", "gcp_list"):
+            cfg["positions"][key] = _resolve(name, cfg["positions"].get(key))
+        images = cfg["images"]
+        if not images.startswith("results/") and not os.path.isdir(images):
+            raise WorkflowError(
+                f"Scene '{name}' ({path}): `images: {images}` is not a folder. "
+                "What to do: point `images` at the folder of photos (relative to the repository root).")
+        for key in ("geo_txt", "gcp_list"):
+            p = cfg["positions"][key]
+            if p and not p.startswith("results/") and not os.path.isfile(p):
+                raise WorkflowError(f"Scene '{name}' ({path}): `positions.{key}: {p}` does not exist.")
+        scenes[name] = cfg
+    return scenes
+
+
+SCENES = _load_scenes(config.get("scenes"))
+GENERATED = [s for s, c in SCENES.items() if c["generate"]]
+
+
+wildcard_constraints:
+    scene="|".join(SCENES),
+
+
+def scene_cfg(wildcards):
+    return SCENES[wildcards.scene]
+
+
+def get_ingest_inputs(wildcards):
+    cfg = SCENES[wildcards.scene]
+    inputs = {"images": cfg["images"]}
+    for key in ("geo_txt", "gcp_list"):
+        if cfg["positions"][key]:
+            inputs[key] = cfg["positions"][key]
+    return inputs
+
+
+def get_georef_inputs(wildcards):
+    cfg = SCENES[wildcards.scene]
+    inputs = {
+        "sparse": f"results/{wildcards.scene}/sfm/sparse",
+        "exif": f"results/{wildcards.scene}/ingest/exif.csv",
+    }
+    if cfg["positions"]["gcp_list"]:
+        inputs["gcp_list"] = cfg["positions"]["gcp_list"]
+    if cfg["truth"]:
+        inputs["truth"] = cfg["truth"]
+    return inputs
+
+
+def get_final_outputs():
+    """Targets of `all`: each stage's JSON contract for every configured scene."""
+    targets = []
+    for scene in SCENES:
+        targets += [
+            f"results/{scene}/sfm/report.json",
+            f"results/{scene}/georef/frame.json",
+        ]
+    return targets

@@ -1,0 +1,18 @@
+"""Rule georef: the SfM model onto the delivery CRS, in the local frame."""
+from aerosplat.logs import setup_rule_logging
+
+setup_rule_logging(snakemake.log[0])
+
+from aerosplat import georef  # noqa: E402
+
+georef.run(
+    snakemake.input.sparse,
+    snakemake.input.exif,
+    snakemake.output.sparse,
+    snakemake.output.frame,
+    crs=snakemake.params.crs,
+    gcp_list=snakemake.input.get("gcp_list"),
+    truth_dir=snakemake.input.get("truth"),
+    options=snakemake.params.options,
+    scene_config=snakemake.params.scene_file,
+)

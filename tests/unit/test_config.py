@@ -1,0 +1,39 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aerosplat.config import load_scene, validate_scene
+from aerosplat.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = ROOT / "config" / "schema.yaml"
+
+
+def test_shipped_scenes_validate_and_get_defaults():
+    for path in sorted((ROOT / "config" / "scenes").glob("*.yaml")):
+        cfg = load_scene(path, SCHEMA)
+        assert cfg["sfm"]["matcher"] in ("auto", "exhaustive", "spatial")
+        assert cfg["georef"]["gps_sigma_h_m"] > 0
+        assert "images" in cfg
+
+
+def test_misspelt_key_names_file_key_and_suggestion(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump({"images": "x", "sfm": {"matchr": "exhaustive"}}))
+    with pytest.raises(InputError) as e:
+        load_scene(p, SCHEMA)
+    msg = str(e.value)
+    assert str(p) in msg and "sfm.matchr" in msg and "did you mean `matcher`" in msg
+
+
+def test_wrong_type_names_key(tmp_path):
+    with pytest.raises(InputError) as e:
+        validate_scene({"images": "x", "ingest": {"max_image_size": "big"}}, SCHEMA, source="scene.yaml")
+    assert "ingest.max_image_size" in str(e.value) and "scene.yaml" in str(e.value)
+
+
+def test_bad_enum_and_missing_images(tmp_path):
+    with pytest.raises(InputError) as e:
+        validate_scene({"sfm": {"mapper": "magic"}}, SCHEMA, source="s.yaml")
+    assert "sfm.mapper" in str(e.value) and "'images' is a required property" in str(e.value)

@@ -1,0 +1,26 @@
+"""Logging for rule scripts: everything a job prints ends up in its rule log.
+
+COLMAP (through pycolmap) writes its progress with glog to file descriptor 2,
+so redirecting `sys.stderr` is not enough: we point fd 2 itself at the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def setup_rule_logging(log_path: str | Path | None, level: int = logging.INFO) -> None:
+    """Send fd 1/2 and Python logging to `log_path` (line-buffered); call before heavy imports."""
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        f = open(log_path, "a", buffering=1)
+        os.dup2(f.fileno(), 2)
+        os.dup2(f.fileno(), 1)
+        sys.stderr = f
+        sys.stdout = f
+    logging.basicConfig(level=level, stream=sys.stderr, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("GLOG_logtostderr", "1")
