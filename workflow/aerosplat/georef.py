@@ -30,7 +30,7 @@ from . import crs as crsmod
 from .errors import InputError, StageFailure
 from .fileio import atomic_path, read_json, write_json
 from .ingest import ImageMeta, read_exif_csv
-from .odm_formats import parse_gcp_list
+from .odm_formats import parse_crs_header, parse_gcp_list
 from .sfm import is_nadir_only
 from .simfit import FitResult, Similarity, fit_similarity_robust
 
@@ -46,7 +46,9 @@ class GeorefOptions:
     gps_sigma_v_m: float = 3.0
     gcp_sigma_m: float = 0.05
     outlier_sigmas: float = 3.0  # RANSAC threshold, in sigmas
-    height_prior: str = "auto"  # auto | off: nadir-only flights use RelativeAltitude to fix flying height
+    # check: report model flying height vs relative altitude | relative_altitude: rescale the focal to match
+    # it on nadir-only flights | off
+    height_prior: str = "check"
     height_prior_tolerance: float = 0.005  # stop when model AGL matches the prior to this fraction
     gcp_max_reproj_px: float = 5.0
     seed: int = 0
@@ -74,9 +76,9 @@ def image_positions(metas: list[ImageMeta], delivery: CRS, opts: GeorefOptions):
             crsmod.WGS84_3D, delivery)):
         out[m.name] = (xyz, _sigma(m, opts), "exif")
     for crs_text, group in geo_groups.items():
-        src = CRS.from_user_input(crs_text)
-        if src.is_geographic and len(src.axis_info) < 3:
-            src = crsmod.WGS84_3D if src.to_epsg() == 4326 else src
+        src = parse_crs_header(crs_text)
+        if src.to_epsg() == 4326:
+            src = crsmod.WGS84_3D  # geo.txt heights are ellipsoidal like EXIF
         pts = np.array([[m.geo_x, m.geo_y, m.geo_z if m.geo_z is not None else 0.0] for m in group])
         for m, xyz in zip(group, crsmod.to_crs(pts, src, delivery)):
             out[m.name] = (xyz, _sigma(m, opts), "geo_txt")
@@ -95,7 +97,7 @@ def geographic_centroid(metas: list[ImageMeta], gcp_wgs84: np.ndarray | None):
     for m in metas:
         if m.position_source == "geo_txt" and m.geo_x is not None:
             lon, lat, _ = crsmod.to_crs(np.array([[m.geo_x, m.geo_y, m.geo_z or 0.0]]),
-                                        CRS.from_user_input(m.geo_crs), crsmod.WGS84_3D)[0]
+                                        parse_crs_header(m.geo_crs), crsmod.WGS84_3D)[0]
             lats.append(lat)
             lons.append(lon)
         elif m.lat is not None and m.lon is not None:
@@ -202,6 +204,55 @@ def rescale_focal(rec: pycolmap.Reconstruction, factor: float) -> None:
     pycolmap.bundle_adjustment(rec, ba)
 
 
+def _height_prior(rec, fit, metas, opts, refit, current):
+    """Compare (and optionally match) the model's flying height with the relative altitude.
+
+    The relative altitude is the height above the *take-off point*; it equals the height above the
+    mapped ground only when the drone took off at the ground's level, which is why matching it is
+    opt-in (`height_prior: relative_altitude`) and the default only checks and reports.
+    """
+    src, dst, sig, kinds, tri = current
+    info = {"nadir_only": is_nadir_only(metas), "mode": opts.height_prior, "applied": False}
+    rel = [m.rel_alt for m in metas if m.rel_alt is not None]
+    if info["nadir_only"] is None:
+        info["note"] = "no gimbal angles in the metadata: could not tell whether the flight is nadir-only"
+        return info, fit, src, dst, sig, kinds, tri
+    focal_src = sorted({m.focal_px_source for m in metas})
+    if info["nadir_only"]:
+        info["note"] = (f"nadir-only flight: flying height (and so every height) rests on the focal-length prior "
+                        f"({', '.join(focal_src)}); a focal error of x % is a height error of about x % of the "
+                        f"flying height")
+    if opts.height_prior == "off" or len(rel) < max(3, len(metas) // 2):
+        return info, fit, src, dst, sig, kinds, tri
+    prior = float(statistics.median(rel))
+    takeoff = [m.alt - m.rel_alt for m in metas if m.alt is not None and m.rel_alt is not None]
+    agl = model_agl(rec, fit.sim)
+    info.update({"relative_altitude_m": prior, "model_agl_m": agl,
+                 "takeoff_altitude_m": float(statistics.median(takeoff)) if takeoff else None,
+                 "focal_px_before": [float(c.mean_focal_length()) for c in rec.cameras.values()]})
+    if agl is not None:
+        info["ground_above_takeoff_m"] = prior - agl
+        if abs(agl / prior - 1.0) > 0.05:
+            log.warning("model flying height %.1f m vs relative altitude %.1f m: the mapped ground is %.1f m %s the "
+                        "take-off point, or the focal prior is off by %.0f %%", agl, prior, abs(prior - agl),
+                        "above" if prior > agl else "below", 100 * abs(prior / agl - 1))
+    if opts.height_prior == "relative_altitude" and info["nadir_only"]:
+        for it in range(6):
+            if agl is None or abs(agl / prior - 1.0) <= opts.height_prior_tolerance:
+                break
+            rescale_focal(rec, prior / agl)
+            src, dst, sig, kinds, tri = refit()
+            fit = _fit(src, dst, sig, opts)
+            agl = model_agl(rec, fit.sim)
+            log.info("height prior iteration %d: model AGL %.2f m vs relative altitude %.2f m", it + 1, agl, prior)
+            info["applied"] = True
+        info.update({"model_agl_after_m": agl,
+                     "focal_px_after": [float(c.mean_focal_length()) for c in rec.cameras.values()],
+                     "note": "nadir-only flight: flying height set from the relative altitude, assuming the take-off "
+                             "point is at the level of the mapped ground"})
+    return info, fit, src, dst, sig, kinds, tri
+
+
 # ----------------------------------------------------------------------------- main
 
 def _fit(src, dst, sig, opts) -> FitResult:
@@ -281,33 +332,10 @@ def run(sfm_sparse: str | Path, exif_csv: str | Path, out_sparse: str | Path, ou
     src, dst, sig, kinds, tri = correspondences(rec)
     fit = _fit(src, dst, sig, opts)
 
-    # Nadir-only flights: fix the flying height from the relative altitude.
-    height_info = {"nadir_only": is_nadir_only([metas_by_name[n] for n in reg]), "applied": False}
-    rel = [metas_by_name[n].rel_alt for n in reg if metas_by_name[n].rel_alt is not None]
-    if height_info["nadir_only"] and opts.height_prior == "auto" and len(rel) >= max(3, len(reg) // 2):
-        prior = float(statistics.median(rel))
-        focal0 = [float(c.mean_focal_length()) for c in rec.cameras.values()]
-        agl0 = model_agl(rec, fit.sim)
-        height_info.update({"source": "relative_altitude (XMP RelativeAltitude, height above take-off)",
-                            "agl_prior_m": prior, "agl_model_before_m": agl0, "focal_px_before": focal0})
-        agl = agl0
-        for it in range(6):
-            if agl is None or abs(agl / prior - 1.0) <= opts.height_prior_tolerance:
-                break
-            rescale_focal(rec, prior / agl)
-            src, dst, sig, kinds, tri = correspondences(rec)
-            fit = _fit(src, dst, sig, opts)
-            agl = model_agl(rec, fit.sim)
-            log.info("height prior iteration %d: model AGL %.2f m vs prior %.2f m, focal %s", it + 1, agl, prior,
-                     [round(float(c.mean_focal_length()), 1) for c in rec.cameras.values()])
-            height_info["applied"] = True
-        height_info.update({"agl_model_after_m": agl,
-                            "focal_px_after": [float(c.mean_focal_length()) for c in rec.cameras.values()],
-                            "note": "nadir-only flight: vertical scale rests on the relative-altitude prior "
-                                    "(assumes the take-off point is at the height of the mapped ground)"})
-    elif height_info["nadir_only"]:
-        height_info["note"] = ("nadir-only flight without a usable relative altitude: flying height rests on the "
-                               "focal-length prior")
+    # Nadir-only flights: the flying height rests on the focal prior; the relative altitude checks it
+    # (or, when configured, sets it).
+    height_info, fit, src, dst, sig, kinds, tri = _height_prior(
+        rec, fit, [metas_by_name[n] for n in reg], opts, lambda: correspondences(rec), (src, dst, sig, kinds, tri))
 
     sim = fit.sim
     # Residuals of every positioned image (inliers or not) and GCP.

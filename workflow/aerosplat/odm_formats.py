@@ -13,7 +13,8 @@ Formats (https://docs.opendronemap.org/geo/ and /gcp/):
 - geo.txt lines: ``image x y [z] [yaw pitch roll] [h_acc v_acc] [extras...]``.
 - gcp_list.txt lines: ``geo_x geo_y geo_z im_x im_y image [gcp_name] [extras...]``;
   im_x/im_y are pixels in the original (not downscaled) photo.
-- ``#`` comments and blank lines are ignored; fields are separated by whitespace.
+- ``#`` comments and blank lines are ignored (also before the header, which ODM does
+  not allow); fields are separated by whitespace.
 - As in ODM, geographic coordinates are always x = longitude, y = latitude
   (transformations use ``always_xy``), whatever the axis order of the EPSG code.
 """
@@ -194,10 +195,11 @@ def _read_lines(path: Path, what: str, config_key: str) -> list[str]:
     return text.splitlines()
 
 
-def _header_and_body(lines: list[str], path: Path, what: str) -> tuple[str, int, Iterator[tuple[int, str]]]:
-    """Split a file into its CRS header (first non-blank line) and numbered data lines."""
+def _header_and_body(lines: list[str], path: Path,
+                     what: str) -> tuple[str, int, Iterator[tuple[int, str]]]:
+    """Split a file into its CRS header (first non-blank, non-comment line) and data lines."""
     for i, line in enumerate(lines):
-        if line.strip():
+        if line.strip() and not line.strip().startswith("#"):
             header_line = i + 1
 
             def body() -> Iterator[tuple[int, str]]:
@@ -261,7 +263,7 @@ def parse_geo_txt(path: str | Path) -> GeoTxt:
     which are ignored. 5, 6 and 8 fields are errors (an incomplete optional group).
     """
     path = Path(path)
-    lines = _read_lines(path, "geo.txt (image positions file)", "geo_txt")
+    lines = _read_lines(path, "geo.txt (image positions file)", "positions.geo_txt")
     header, header_line, body = _header_and_body(lines, path, "geo.txt")
     crs = parse_crs_header(header, path, header_line)
     entries: list[GeoEntry] = []
@@ -271,16 +273,16 @@ def parse_geo_txt(path: str | Path) -> GeoTxt:
         n = len(tokens)
         if n < 3 or n in (5, 6, 8):
             raise InputError(f"{n} field(s) in line: {text!r}", path=path, line=lineno,
-                             hint=f"each line needs {_GEO_COUNTS} fields separated by spaces; image "
-                                  f"names must not contain spaces")
+                             hint=f"each line needs {_GEO_COUNTS} fields separated by spaces; "
+                                  "image names must not contain spaces")
         image = tokens[0]
         names = ["x", "y", "z", "yaw", "pitch", "roll", "horizontal accuracy", "vertical accuracy"]
         values: list[float | None] = list(_floats(tokens[1:min(n, 9)], names, path, lineno, text))
         values += [None] * (8 - len(values))
         x, y, z, yaw, pitch, roll, h_acc, v_acc = values
         if image in seen:
-            raise InputError(f"image {image!r} is listed twice, on lines {seen[image]} and {lineno}",
-                             path=path, line=lineno, hint="keep one line per image")
+            raise InputError(f"image {image!r} is listed twice, on lines {seen[image]} and "
+                             f"{lineno}", path=path, line=lineno, hint="keep one line per image")
         seen[image] = lineno
         for label, acc in (("horizontal", h_acc), ("vertical", v_acc)):
             if acc is not None and acc < 0:
@@ -295,8 +297,8 @@ def parse_geo_txt(path: str | Path) -> GeoTxt:
         entries.append(GeoEntry(image, x, y, z, yaw, pitch, roll, h_acc, v_acc, lineno))
     if not entries:
         raise InputError("geo.txt has a coordinate system but no image lines", path=path,
-                         hint="add one line per image: image_name x y z; or remove the `geo_txt` "
-                              "config key")
+                         hint="add one line per image: image_name x y z; or remove the "
+                              "`positions.geo_txt` config key")
     return GeoTxt(crs=crs, entries=entries, crs_text=header.strip(), path=str(path))
 
 
@@ -316,7 +318,8 @@ def parse_gcp_list(path: str | Path, known_images: set[str] | None = None, *,
     make the error message more helpful). Fewer than `min_gcps` distinct GCPs is an error.
     """
     path = Path(path)
-    lines = _read_lines(path, "gcp_list.txt (ground control points file)", "gcp_list")
+    lines = _read_lines(path, "gcp_list.txt (ground control points file)",
+                       "positions.gcp_list")
     header, header_line, body = _header_and_body(lines, path, "gcp_list.txt")
     crs = parse_crs_header(header, path, header_line)
 
@@ -327,19 +330,21 @@ def parse_gcp_list(path: str | Path, known_images: set[str] | None = None, *,
             raise InputError(f"{len(tokens)} field(s) in line: {text!r}", path=path, line=lineno,
                              hint="each line needs at least 6 fields: geo_x geo_y geo_z im_x im_y "
                                   "image_name [gcp_name], separated by spaces or tabs")
-        values = _floats(tokens[:5], ["geo_x", "geo_y", "geo_z", "im_x", "im_y"], path, lineno, text)
+        values = _floats(tokens[:5], ["geo_x", "geo_y", "geo_z", "im_x", "im_y"], path, lineno,
+                         text)
         image = tokens[5]
         name = tokens[6] if len(tokens) >= 7 else None
         if values[3] < 0 or values[4] < 0:
             raise InputError(f"pixel position ({tokens[3]}, {tokens[4]}) is negative in line: "
                              f"{text!r}", path=path, line=lineno,
-                             hint="im_x, im_y are pixel coordinates in the original photo, from its "
-                                  "top-left corner; check the column order")
+                             hint="im_x, im_y are pixel coordinates in the original photo, from "
+                                  "its top-left corner; check the column order")
         if crs.is_geographic and not (-180 <= values[0] <= 180 and -90 <= values[1] <= 90):
-            raise InputError(f"({tokens[0]}, {tokens[1]}) is not a longitude/latitude pair in line: "
-                             f"{text!r}", path=path, line=lineno,
+            raise InputError(f"({tokens[0]}, {tokens[1]}) is not a longitude/latitude pair in "
+                             f"line: {text!r}", path=path, line=lineno,
                              hint="with a geographic CRS, geo_x is the longitude and geo_y the "
-                                  f"latitude; check the column order and the CRS on line {header_line}")
+                                  "latitude; check the column order and the CRS on line "
+                                  f"{header_line}")
         if known_images is not None and image not in known_images:
             msg, hint = _missing_image_message(image, known_images, images_dir, unusable)
             raise InputError(msg + f" in line: {text!r}", path=path, line=lineno, hint=hint)
@@ -370,8 +375,8 @@ def parse_gcp_list(path: str | Path, known_images: set[str] | None = None, *,
                        for a, b in zip(first_xyz, xyz)):
                 raise InputError(f"GCP {name!r} has different ground coordinates on lines "
                                  f"{first_line} and {lineno}", path=path, line=lineno,
-                                 hint="every line of one GCP must repeat the same geo_x geo_y geo_z; "
-                                      "give different points different names")
+                                 hint="every line of one GCP must repeat the same geo_x geo_y "
+                                      "geo_z; give different points different names")
         else:
             coords_of[name] = (xyz, lineno)
             names.append(name)
@@ -386,10 +391,12 @@ def parse_gcp_list(path: str | Path, known_images: set[str] | None = None, *,
 
     if len(names) < min_gcps:
         raise InputError(f"{len(names)} distinct ground control point(s) found "
-                         f"({', '.join(names) or 'none'}); georeferencing needs at least {min_gcps}",
+                         f"({', '.join(names) or 'none'}); georeferencing needs at least "
+                         f"{min_gcps}",
                          path=path,
                          hint=f"mark at least {min_gcps} GCPs (spread over the area, each in 2 or "
-                              f"more photos), or remove the `gcp_list` config key to use GPS only")
+                              "more photos), or remove the `positions.gcp_list` config key to "
+                              "use GPS only")
     for name in names:
         count = sum(1 for o in observations if o.name == name)
         if count < 2:

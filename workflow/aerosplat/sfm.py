@@ -28,7 +28,9 @@ import pycolmap
 
 from .errors import InputError, StageFailure
 from .fileio import atomic_path, write_json
+from .crs import WGS84_3D, to_crs
 from .ingest import ImageMeta, read_exif_csv
+from .odm_formats import parse_crs_header
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +88,9 @@ def _decide_refine_focal(opts: SfmOptions, metas: Sequence[ImageMeta]) -> tuple[
     if opts.refine_focal in ("false", "no", "0"):
         return False, "config"
     nadir = is_nadir_only(metas)
-    trusted = all(m.focal_px_source == "sensor_width" for m in metas)
+    trusted = all(m.focal_px_source in ("sensor_width", "35mm_equivalent") for m in metas)
     if nadir and trusted:
-        return False, "nadir-only flight with a sensor-width focal prior: focal held fixed"
+        return False, "nadir-only flight with a metadata focal prior: focal held fixed (nadir views cannot separate focal from flying height)"
     return True, "auto: focal refined (obliques present or no trusted focal prior)"
 
 
@@ -109,6 +111,8 @@ def _write_database(db_path: Path, images_dir: Path, metas: Sequence[ImageMeta],
     n_priors = 0
     with pycolmap.Database.open(str(db_path)) as db:
         images = db.read_all_images()
+        # COLMAP already reads EXIF GPS on import (without a covariance); ours replace those.
+        existing = {pp.corr_data_id.id: pp for pp in db.read_all_pose_priors()}
         cam_focals: dict[int, list[float]] = {}
         for im in images:
             m = by_name[im.name]
@@ -118,12 +122,14 @@ def _write_database(db_path: Path, images_dir: Path, metas: Sequence[ImageMeta],
             if pos is not None:
                 sh = m.h_acc if m.h_acc else 5.0
                 sv = m.v_acc if m.v_acc else 10.0
-                db.write_pose_prior(pycolmap.PosePrior(
-                    position=np.asarray(pos, float),
-                    position_covariance=np.diag([sh * sh, sh * sh, sv * sv]),
-                    coordinate_system=pycolmap.PosePriorCoordinateSystem.WGS84,
-                    corr_data_id=im.data_id,
-                ))
+                prior = existing.get(im.image_id) or pycolmap.PosePrior(corr_data_id=im.data_id)
+                prior.position = np.asarray(pos, float)
+                prior.position_covariance = np.diag([sh * sh, sh * sh, sv * sv])
+                prior.coordinate_system = pycolmap.PosePriorCoordinateSystem.WGS84
+                if im.image_id in existing:
+                    db.update_pose_prior(prior)
+                else:
+                    db.write_pose_prior(prior)
                 n_priors += 1
         for cam in db.read_all_cameras():
             focals = cam_focals.get(cam.camera_id)
@@ -141,10 +147,7 @@ def _write_database(db_path: Path, images_dir: Path, metas: Sequence[ImageMeta],
 def _prior_wgs84(m: ImageMeta) -> tuple[float, float, float] | None:
     """(lat, lon, alt) of the image for COLMAP's WGS84 pose prior, from EXIF or geo.txt."""
     if m.position_source == "geo_txt" and m.geo_x is not None and m.geo_crs:
-        from pyproj import CRS
-
-        from .crs import WGS84_3D, to_crs
-        lon, lat, alt = to_crs(np.array([[m.geo_x, m.geo_y, m.geo_z or 0.0]]), CRS.from_user_input(m.geo_crs),
+        lon, lat, alt = to_crs(np.array([[m.geo_x, m.geo_y, m.geo_z or 0.0]]), parse_crs_header(m.geo_crs),
                                WGS84_3D)[0]
         return float(lat), float(lon), float(alt)
     if m.lat is not None and m.lon is not None:
