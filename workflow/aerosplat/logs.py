@@ -24,3 +24,15 @@ def setup_rule_logging(log_path: str | Path | None, level: int = logging.INFO) -
     logging.basicConfig(level=level, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("GLOG_logtostderr", "1")
+    sys.excepthook = _report_user_errors
+
+
+def _report_user_errors(exc_type, exc, tb) -> None:
+    """Bad input and unusable results are reported as one clear message; bugs keep their traceback."""
+    from .errors import InputError, StageFailure
+
+    if issubclass(exc_type, (InputError, StageFailure)):
+        kind = "bad input" if issubclass(exc_type, InputError) else "stage failed"
+        logging.getLogger("aerosplat").error("%s: %s", kind, exc)
+    else:
+        sys.__excepthook__(exc_type, exc, tb)

@@ -1,0 +1,30 @@
+"""Shared test helpers: where the repository and the shared datasets are, and how to run Snakemake."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ROOT.parent / "shared" / "datasets"
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+
+
+def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1800) -> subprocess.CompletedProcess:
+    """Run this repository's Snakefile with `workdir` as working directory (results/ land there)."""
+    cmd = [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--profile", str(ROOT / "profiles" / "default"), *args]
+    env = dict(os.environ)
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    return proc
+
+
+def needs_dataset(name: str):
+    path = DATASETS / name
+    return pytest.mark.skipif(not path.is_dir(), reason=f"dataset {name} not present at {path} (shared/ not beside the checkout)")
