@@ -28,3 +28,12 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 
 def needs_dataset(name: str):
     path = DATASETS / name
     return pytest.mark.skipif(not path.is_dir(), reason=f"dataset {name} not present at {path} (shared/ not beside the checkout)")
+
+
+@pytest.fixture(scope="session")
+def sample_run(tmp_path_factory) -> Path:
+    """The built-in sample scene run through the workflow once per test session (generate, ingest,
+    sfm, georef); returns the working directory holding results/sample/."""
+    work = tmp_path_factory.mktemp("sample_run")
+    run_snakemake(work, "--cores", "2")
+    return work

@@ -1,0 +1,50 @@
+"""brighton_beach (18 real DJI photos) through the workflow, against the reference point cloud."""
+
+from __future__ import annotations
+
+import json
+
+import laspy
+import numpy as np
+import pycolmap
+import pytest
+from scipy.spatial import cKDTree
+
+from conftest import DATASETS, needs_dataset, run_snakemake
+
+pytestmark = [pytest.mark.slow, needs_dataset("brighton_beach")]
+
+
+@pytest.fixture(scope="module")
+def brighton(tmp_path_factory):
+    work = tmp_path_factory.mktemp("brighton")
+    run_snakemake(work, "--cores", "2", "--config", 'scenes=["brighton_beach"]')
+    return work / "results" / "brighton_beach"
+
+
+def test_all_registered_and_gps_residuals(brighton):
+    report = json.loads((brighton / "sfm" / "report.json").read_text())
+    assert (report["registered"], report["total"]) == (18, 18)
+    assert report["mean_reproj_error_px"] < 1.0
+    assert report["nadir_only"] is True and report["refine_focal"] is False
+    frame = json.loads((brighton / "georef" / "frame.json").read_text())
+    assert frame["epsg"] == 32615
+    assert frame["rmse_gps_m"]["horizontal"] <= 3.0
+    # The report says the flight is nadir-only and what its heights rest on.
+    assert frame["height_prior"]["nadir_only"] is True and "focal-length prior" in frame["height_prior"]["note"]
+
+
+def test_sparse_points_agree_vertically_with_reference_cloud(brighton):
+    frame = json.loads((brighton / "georef" / "frame.json").read_text())
+    rec = pycolmap.Reconstruction(str(brighton / "georef" / "sparse"))
+    pts = np.array([p.xyz for p in rec.points3D.values()]) + np.array(frame["origin"])
+    las = laspy.read(DATASETS / "brighton_beach" / "reference" / "model.laz")
+    assert las.header.parse_crs().to_epsg() == frame["epsg"]
+    ref = np.column_stack([las.x, las.y, las.z])
+    d, idx = cKDTree(ref[:, :2]).query(pts[:, :2], k=1, distance_upper_bound=0.5)
+    ok = np.isfinite(d)
+    assert ok.mean() > 0.9
+    dz = pts[ok, 2] - ref[idx[ok], 2]
+    median_abs = float(np.median(np.abs(dz)))
+    print(f"brighton_beach: median |dz| to reference = {median_abs:.2f} m over {ok.sum()} points")
+    assert median_abs <= 2.0
