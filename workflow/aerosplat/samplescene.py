@@ -15,7 +15,8 @@ Outputs under OUT_DIR::
 
     images/IMG_0001.jpg ...   nadir lawnmower shots first, then the obliques
     gcp_list.txt              OpenDroneMap GCP file (EPSG:32632 header)
-    truth/cameras.json        true intrinsics and poses, noisy GPS as written to EXIF
+    truth/cameras.json        true intrinsics and poses, noisy GPS as written to EXIF (projected,
+                              and as lat/lon/h in gps_latlon), gimbal angles, capture times
     truth/dsm.tif, dtm.tif    float32 GeoTIFFs, EPSG:32632, 0.25 m, north-up, nodata -9999
     truth/origin.json         the scene centre (local-frame origin)
 
@@ -25,7 +26,7 @@ The world is modelled directly in the delivery CRS: local coordinates are
 ``x = E - E0, y = N - N0, z = h - h0`` with (E0, N0) the UTM 32N coordinates of the
 scene centre and h0 the ellipsoidal height of the ground there (the take-off
 point). UTM easting/northing plus ellipsoidal height are treated as a Cartesian
-frame; over this ~240 m scene the neglected effects (UTM scale 0.9996 => 4 cm per
+frame; over this 256 m scene the neglected effects (UTM scale 0.9996 => 4 cm per
 100 m, earth curvature 2 mm at 150 m) are far below the GPS noise, and doing so
 makes every truth file exactly consistent with the rendered pixels. Heights are
 ellipsoidal everywhere (no geoid).
