@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import piexif
-import pytest
 import yaml
 from PIL import Image
 

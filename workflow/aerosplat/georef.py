@@ -7,11 +7,13 @@ with a robust fit (`simfit`). The delivered model lives in the *local frame*:
 delivery CRS coordinates minus `origin`, Z up, metres.
 
 Nadir-only flights: over flat ground a nadir camera cannot separate focal length
-from flying height, so the SfM's heights are only as good as its focal. When
-the metadata carries a relative altitude (DJI XMP `RelativeAltitude`, height
-above the take-off point) we rescale the focal until the model's camera height
-above the ground it sees matches it, re-running bundle adjustment with the
-focal held each time. `frame.json` says when heights rest on such a prior.
+from flying height, so the model's heights are only as good as the focal prior
+SfM held. We say so in `frame.json` (`height_prior`), and compare the model's
+flying height above the ground it sees with the relative altitude (DJI XMP
+`RelativeAltitude`, height above the take-off point). With
+`height_prior: relative_altitude` the focal is rescaled until they match (bundle
+adjustment re-run with the focal held each time) — right only when the drone
+took off at the level of the mapped ground, hence opt-in.
 """
 
 from __future__ import annotations
