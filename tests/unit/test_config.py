@@ -37,3 +37,11 @@ def test_bad_enum_and_missing_images(tmp_path):
     with pytest.raises(InputError) as e:
         validate_scene({"sfm": {"mapper": "magic"}}, SCHEMA, source="s.yaml")
     assert "sfm.mapper" in str(e.value) and "'images' is a required property" in str(e.value)
+
+
+def test_config_readme_table_matches_schema():
+    """config/README.md's key table is generated from the schema; regenerate it when the schema changes:
+    python -c 'from aerosplat.config import *; print(schema_table(load_yaml("config/schema.yaml")))'"""
+    from aerosplat.config import load_yaml, schema_table
+
+    assert schema_table(load_yaml(SCHEMA)) in (ROOT / "config" / "README.md").read_text()

@@ -86,3 +86,24 @@ def validate_scene(data: Any, schema_path: str | Path, *, source: str | Path) ->
 
 def load_scene(path: str | Path, schema_path: str | Path) -> dict:
     return validate_scene(load_yaml(path), schema_path, source=path)
+
+
+def schema_table(schema: dict) -> str:
+    """Markdown table of every leaf key of the scene schema (for config/README.md)."""
+    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+
+    def walk(props: dict, prefix: str = "") -> None:
+        for key, sub in props.items():
+            if sub.get("type") == "object" and "properties" in sub:
+                walk(sub["properties"], f"{prefix}{key}.")
+                continue
+            kind = sub.get("type") or "one of " + ", ".join(
+                yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip() for v in sub["enum"])
+            if isinstance(kind, list):
+                kind = " or ".join(map(str, kind))
+            default = yaml.safe_dump(sub["default"], default_flow_style=True).strip().removesuffix("...").strip() \
+                if "default" in sub else "(required)"
+            rows.append(f"| `{prefix}{key}` | {kind} | `{default}` | {' '.join(sub.get('description', '').split())} |")
+
+    walk(schema["properties"])
+    return "\n".join(rows) + "\n"
