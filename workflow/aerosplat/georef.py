@@ -231,7 +231,7 @@ def _height_prior(rec, fit, metas, opts, refit, current):
     agl = model_agl(rec, fit.sim)
     info.update({"relative_altitude_m": prior, "model_agl_m": agl,
                  "takeoff_altitude_m": float(statistics.median(takeoff)) if takeoff else None,
-                 "focal_px_before": [float(c.mean_focal_length()) for c in rec.cameras.values()]})
+                 "focal_px": [float(c.mean_focal_length()) for c in rec.cameras.values()]})
     if agl is not None:
         info["ground_above_takeoff_m"] = prior - agl
         if abs(agl / prior - 1.0) > 0.05:

@@ -31,7 +31,7 @@ def summarize(scene_dir: str | Path) -> str:
                             if "gt_camera_rmse_gps_only_m" in f else ""))
         hp = f.get("height_prior") or {}
         if hp.get("nadir_only"):
-            lines.append(f"  nadir-only flight: {hp.get('note', '')}")
+            lines.append(f"  {hp.get('note', '')}")
     return "\n".join(lines)
 
 
