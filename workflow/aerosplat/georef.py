@@ -274,7 +274,11 @@ def run(sfm_sparse: str | Path, exif_csv: str | Path, out_sparse: str | Path, ou
     metas = read_exif_csv(exif_csv)
     metas_by_name = {m.name: m for m in metas}
     rec = pycolmap.Reconstruction(str(sfm_sparse))
-    reg = {rec.images[i].name: rec.images[i] for i in rec.reg_image_ids()}
+    # name -> image id; poses are always read from the current model (bundle adjustment may move them).
+    reg = {rec.images[i].name: i for i in rec.reg_image_ids()}
+
+    def centre(model: pycolmap.Reconstruction, name: str) -> np.ndarray:
+        return np.asarray(model.images[reg[name]].projection_center(), float)
 
     gcps = parse_gcp_list(gcp_list, set(metas_by_name)) if gcp_list else None
     gcp_wgs84 = None
@@ -312,7 +316,7 @@ def run(sfm_sparse: str | Path, exif_csv: str | Path, out_sparse: str | Path, ou
         src, dst, sig, kinds = [], [], [], []
         if method in ("gps", "gcp+gps"):
             for n in cam_names:
-                src.append(np.asarray(reg[n].projection_center(), float))
+                src.append(centre(rec_now, n))
                 dst.append(positions[n][0] - origin)
                 sig.append(positions[n][1])
                 kinds.append(("image", n))
@@ -344,7 +348,7 @@ def run(sfm_sparse: str | Path, exif_csv: str | Path, out_sparse: str | Path, ou
     per_image = []
     cam_res = []
     for n in cam_names:
-        c = sim.apply(np.asarray(reg[n].projection_center(), float)[None])[0]
+        c = sim.apply(centre(rec, n)[None])[0]
         r = positions[n][0] - origin - c
         per_image.append({"image": n, "source": positions[n][2], "dx": float(r[0]), "dy": float(r[1]),
                           "dz": float(r[2]), "horizontal_m": float(np.hypot(r[0], r[1]))})
@@ -396,7 +400,7 @@ def run(sfm_sparse: str | Path, exif_csv: str | Path, out_sparse: str | Path, ou
         frame.update(compare_to_truth(local_rec, origin, delivery, Path(truth_dir)))
         if method == "gcp+gps" and cam_names:
             # What GPS alone would have given, for the record.
-            gsrc = np.array([np.asarray(reg[n].projection_center(), float) for n in cam_names])
+            gsrc = np.array([centre(rec, n) for n in cam_names])
             gdst = np.array([positions[n][0] - origin for n in cam_names])
             gsig = np.array([positions[n][1] for n in cam_names])
             gps_only = pycolmap.Reconstruction(rec)
