@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import numpy.typing as npt
 from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError
 
@@ -93,15 +94,21 @@ def choose_delivery_crs(configured: str | int | None, lat: np.ndarray, lon: np.n
     return CRS.from_epsg(utm_epsg(float(lat[ok].mean()), mean_lon))
 
 
-def transformer(src: CRS, dst: CRS) -> Transformer:
-    return Transformer.from_crs(src, dst, always_xy=True)
+def to_crs(points_xyz: npt.ArrayLike, src_crs: CRS | str | int, dst_crs: CRS | str | int) -> np.ndarray:
+    """Transform points [N, 3] or [3] from `src_crs` to `dst_crs` (x = lon/easting, y = lat/northing).
 
-
-def to_crs(xyz: np.ndarray, src: CRS, dst: CRS) -> np.ndarray:
-    """Transform [N, 3] points (x=lon/easting, y=lat/northing, z) from src to dst."""
-    xyz = np.asarray(xyz, dtype=float).reshape(-1, 3)
-    if len(xyz) == 0:
-        return xyz.copy()
-    tr = transformer(src, dst)
-    x, y, z = tr.transform(xyz[:, 0], xyz[:, 1], xyz[:, 2])
-    return np.column_stack([x, y, z])
+    Returns a new float64 array of the same shape. Raises pyproj's ProjError when a point
+    cannot be transformed (e.g. far outside the target projection) rather than returning inf.
+    """
+    pts = np.array(points_xyz, dtype=np.float64)
+    if pts.size == 0:
+        return pts.reshape(-1, 3)
+    if pts.shape[-1] != 3 or pts.ndim not in (1, 2):
+        raise ValueError(f"expected points of shape (N, 3) or (3,), got {pts.shape}")
+    src, dst = CRS.from_user_input(src_crs), CRS.from_user_input(dst_crs)
+    if src == dst:
+        return pts
+    flat = pts.reshape(-1, 3)
+    x, y, z = Transformer.from_crs(src, dst, always_xy=True).transform(flat[:, 0], flat[:, 1], flat[:, 2],
+                                                                        errcheck=True)
+    return np.column_stack([np.asarray(x, float), np.asarray(y, float), np.asarray(z, float)]).reshape(pts.shape)

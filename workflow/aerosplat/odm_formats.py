@@ -29,11 +29,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import numpy.typing as npt
-from pyproj import CRS, Transformer
+from pyproj import CRS
 from pyproj.exceptions import CRSError
 
+from aerosplat.crs import to_crs  # noqa: F401  (re-exported: positions in these files' CRS)
 from aerosplat.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -405,28 +404,3 @@ def parse_gcp_list(path: str | Path, known_images: set[str] | None = None, *,
                         path, name, count)
     return GcpList(crs=crs, observations=observations, crs_text=header.strip(), path=str(path),
                    names=names)
-
-
-# ---------------------------------------------------------------------------
-# Transformations
-
-
-def to_crs(points_xyz: npt.ArrayLike, src_crs: CRS | str | int,
-           dst_crs: CRS | str | int) -> np.ndarray:
-    """Transform points (N, 3) or (3,) from `src_crs` to `dst_crs`; x = lon, y = lat for geographic.
-
-    Returns a new float64 array of the same shape. Raises pyproj's ProjError when a point
-    cannot be transformed (e.g. far outside the target projection).
-    """
-    pts = np.array(points_xyz, dtype=np.float64)
-    if pts.shape[-1] != 3 or pts.ndim not in (1, 2):
-        raise ValueError(f"expected points of shape (N, 3) or (3,), got {pts.shape}")
-    src, dst = CRS.from_user_input(src_crs), CRS.from_user_input(dst_crs)
-    if src == dst:
-        return pts
-    flat = pts.reshape(-1, 3)
-    transformer = Transformer.from_crs(src, dst, always_xy=True)
-    x, y, z = transformer.transform(flat[:, 0], flat[:, 1], flat[:, 2], errcheck=True)
-    out = np.column_stack([np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64),
-                           np.asarray(z, dtype=np.float64)])
-    return out.reshape(pts.shape)
