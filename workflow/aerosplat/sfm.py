@@ -257,7 +257,7 @@ def run(images_dir: str | Path, exif_csv: str | Path, out_sparse: str | Path, ou
             "unregistered_images": sorted(set(m.name for m in metas) - set(summary.get("registered_images", []))),
             "seconds": round(time.monotonic() - t0, 2),
         })
-        if summary["registered_fraction"] < opts.min_registered_fraction:
+        if best is None or summary["registered_fraction"] < opts.min_registered_fraction:
             if best is not None:
                 partial_dir.mkdir(parents=True, exist_ok=True)
                 best.write(str(partial_dir))
