@@ -57,15 +57,10 @@ def _load_scenes(names):
 
 
 SCENES = _load_scenes(config.get("scenes"))
-GENERATED = [s for s, c in SCENES.items() if c["generate"]]
 
 
 wildcard_constraints:
     scene="|".join(SCENES),
-
-
-def scene_cfg(wildcards):
-    return SCENES[wildcards.scene]
 
 
 def get_ingest_inputs(wildcards):
