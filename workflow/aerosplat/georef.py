@@ -31,7 +31,7 @@ from pyproj import CRS
 from . import crs as crsmod
 from .errors import InputError, StageFailure
 from .fileio import atomic_path, read_json, write_json
-from .ingest import ImageMeta, read_exif_csv
+from .ingest import DEFAULT_GPS_SIGMA_H_M, DEFAULT_GPS_SIGMA_V_M, ImageMeta, read_exif_csv
 from .odm_formats import parse_crs_header, parse_gcp_list
 from .sfm import is_nadir_only
 from .simfit import FitResult, Similarity, fit_similarity_robust
@@ -44,8 +44,8 @@ class GeorefOptions:
     """The `georef:` section of a scene YAML (defaults in config/schema.yaml)."""
 
     method: str = "auto"  # auto | gps | gcp | gcp+gps
-    gps_sigma_h_m: float = 2.0  # used when a position carries no accuracy of its own
-    gps_sigma_v_m: float = 3.0
+    gps_sigma_h_m: float = DEFAULT_GPS_SIGMA_H_M  # used when a position carries no accuracy of its own
+    gps_sigma_v_m: float = DEFAULT_GPS_SIGMA_V_M
     gcp_sigma_m: float = 0.05
     outlier_sigmas: float = 3.0  # RANSAC threshold, in sigmas
     # check: report model flying height vs relative altitude | relative_altitude: rescale the focal to match
@@ -76,35 +76,23 @@ def image_positions(metas: list[ImageMeta], delivery: CRS, opts: GeorefOptions):
     for m, xyz in zip(exif, crsmod.to_crs(
             np.array([[m.lon, m.lat, m.alt if m.alt is not None else 0.0] for m in exif]).reshape(-1, 3),
             crsmod.WGS84_3D, delivery)):
-        out[m.name] = (xyz, _sigma(m, opts), "exif")
+        out[m.name] = (xyz, np.array(m.position_sigma(opts.gps_sigma_h_m, opts.gps_sigma_v_m)), "exif")
     for crs_text, group in geo_groups.items():
         src = parse_crs_header(crs_text)
         if src.to_epsg() == 4326:
             src = crsmod.WGS84_3D  # geo.txt heights are ellipsoidal like EXIF
         pts = np.array([[m.geo_x, m.geo_y, m.geo_z if m.geo_z is not None else 0.0] for m in group])
         for m, xyz in zip(group, crsmod.to_crs(pts, src, delivery)):
-            out[m.name] = (xyz, _sigma(m, opts), "geo_txt")
+            out[m.name] = (xyz, np.array(m.position_sigma(opts.gps_sigma_h_m, opts.gps_sigma_v_m)), "geo_txt")
     return out
-
-
-def _sigma(m: ImageMeta, opts: GeorefOptions) -> np.ndarray:
-    sh = m.h_acc if m.h_acc else opts.gps_sigma_h_m
-    sv = m.v_acc if m.v_acc else opts.gps_sigma_v_m
-    return np.array([sh, sh, sv], float)
 
 
 def geographic_centroid(metas: list[ImageMeta], gcp_wgs84: np.ndarray | None):
     """(lat, lon) arrays of every known position, for choosing the UTM zone."""
     lats, lons = [], []
-    for m in metas:
-        if m.position_source == "geo_txt" and m.geo_x is not None:
-            lon, lat, _ = crsmod.to_crs(np.array([[m.geo_x, m.geo_y, m.geo_z or 0.0]]),
-                                        parse_crs_header(m.geo_crs), crsmod.WGS84_3D)[0]
-            lats.append(lat)
-            lons.append(lon)
-        elif m.lat is not None and m.lon is not None:
-            lats.append(m.lat)
-            lons.append(m.lon)
+    for pos in filter(None, (m.position_wgs84() for m in metas)):
+        lats.append(pos[0])
+        lons.append(pos[1])
     if gcp_wgs84 is not None and len(gcp_wgs84):
         lons.extend(gcp_wgs84[:, 0])
         lats.extend(gcp_wgs84[:, 1])

@@ -37,14 +37,18 @@ from typing import Any
 import exifread
 from PIL import Image, ImageFile
 
+from aerosplat.crs import WGS84_3D, to_crs
 from aerosplat.errors import InputError
 from aerosplat.fileio import atomic_path
-from aerosplat.odm_formats import GeoTxt, parse_gcp_list, parse_geo_txt
+from aerosplat.odm_formats import GeoTxt, parse_crs_header, parse_gcp_list, parse_geo_txt
 
 LOG = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 """File name endings accepted as photos (compared case-insensitively)."""
+
+DEFAULT_GPS_SIGMA_H_M, DEFAULT_GPS_SIGMA_V_M = 2.0, 3.0
+"""Consumer-GPS standard deviations (m) assumed where a position carries no accuracy (config/schema.yaml)."""
 
 SENSOR_WIDTH_MIN_MM, SENSOR_WIDTH_MAX_MM = 1.0, 60.0
 """Range of physically plausible sensor widths; EXIF focal-plane values outside it are ignored."""
@@ -132,6 +136,23 @@ class ImageMeta:
     def has_position(self) -> bool:
         """Whether some position (EXIF GPS or geo.txt) is known for this image."""
         return self.position_source != "none"
+
+    def position_wgs84(self) -> tuple[float, float, float] | None:
+        """(lat, lon, height) of the camera from geo.txt (any CRS) or EXIF GPS; None without a position."""
+        if self.position_source == "geo_txt" and self.geo_x is not None and self.geo_crs:
+            lon, lat, h = to_crs([self.geo_x, self.geo_y, self.geo_z or 0.0], parse_crs_header(self.geo_crs),
+                                 WGS84_3D)
+            return float(lat), float(lon), float(h)
+        if self.lat is not None and self.lon is not None:
+            return float(self.lat), float(self.lon), float(self.alt if self.alt is not None else 0.0)
+        return None
+
+    def position_sigma(self, default_h: float = DEFAULT_GPS_SIGMA_H_M,
+                       default_v: float = DEFAULT_GPS_SIGMA_V_M) -> tuple[float, float, float]:
+        """Per-axis standard deviation (m) of the position: geo.txt's own accuracies, else the defaults."""
+        sh = self.h_acc if self.h_acc else default_h
+        sv = self.v_acc if self.v_acc else default_v
+        return sh, sh, sv
 
 
 EXIF_CSV_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ImageMeta))

@@ -28,9 +28,7 @@ import pycolmap
 
 from .errors import InputError, StageFailure
 from .fileio import atomic_path, write_json
-from .crs import WGS84_3D, to_crs
 from .ingest import ImageMeta, read_exif_csv
-from .odm_formats import parse_crs_header
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +92,7 @@ def _decide_refine_focal(opts: SfmOptions, metas: Sequence[ImageMeta]) -> tuple[
     return True, "auto: focal refined (obliques present or no trusted focal prior)"
 
 
-def _write_database(db_path: Path, images_dir: Path, metas: Sequence[ImageMeta], opts: SfmOptions,
-                    threads: int) -> int:
+def _write_database(db_path: Path, images_dir: Path, metas: Sequence[ImageMeta], opts: SfmOptions) -> int:
     """Import images, set focal priors, write GPS pose priors. Returns the number of priors."""
     names = [m.name for m in metas]
     pycolmap.Database.open(str(db_path)).close()
@@ -118,10 +115,9 @@ def _write_database(db_path: Path, images_dir: Path, metas: Sequence[ImageMeta],
             m = by_name[im.name]
             if m.focal_px:
                 cam_focals.setdefault(im.camera_id, []).append(float(m.focal_px))
-            pos = _prior_wgs84(m)
+            pos = m.position_wgs84()
             if pos is not None:
-                sh = m.h_acc if m.h_acc else 5.0
-                sv = m.v_acc if m.v_acc else 10.0
+                sh, _, sv = m.position_sigma()
                 prior = existing.get(im.image_id) or pycolmap.PosePrior(corr_data_id=im.data_id)
                 prior.position = np.asarray(pos, float)
                 prior.position_covariance = np.diag([sh * sh, sh * sh, sv * sv])
@@ -142,17 +138,6 @@ def _write_database(db_path: Path, images_dir: Path, metas: Sequence[ImageMeta],
             cam.has_prior_focal_length = True
             db.update_camera(cam)
     return n_priors
-
-
-def _prior_wgs84(m: ImageMeta) -> tuple[float, float, float] | None:
-    """(lat, lon, alt) of the image for COLMAP's WGS84 pose prior, from EXIF or geo.txt."""
-    if m.position_source == "geo_txt" and m.geo_x is not None and m.geo_crs:
-        lon, lat, alt = to_crs(np.array([[m.geo_x, m.geo_y, m.geo_z or 0.0]]), parse_crs_header(m.geo_crs),
-                               WGS84_3D)[0]
-        return float(lat), float(lon), float(alt)
-    if m.lat is not None and m.lon is not None:
-        return float(m.lat), float(m.lon), float(m.alt if m.alt is not None else 0.0)
-    return None
 
 
 def _match(db_path: Path, matcher: str, opts: SfmOptions, threads: int) -> None:
@@ -223,7 +208,7 @@ def run(images_dir: str | Path, exif_csv: str | Path, out_sparse: str | Path, ou
     shutil.rmtree(partial_dir, ignore_errors=True)
 
     with atomic_path(out_database) as db_path, atomic_path(out_sparse) as sparse_tmp:
-        n_priors = _write_database(db_path, images_dir, metas, opts, threads)
+        n_priors = _write_database(db_path, images_dir, metas, opts)
         log.info("database: %d images, %d GPS pose priors", total, n_priors)
 
         ext = pycolmap.FeatureExtractionOptions()
