@@ -15,6 +15,9 @@ include: "rules/sample.smk"
 include: "rules/ingest.smk"
 include: "rules/sfm.smk"
 include: "rules/georef.smk"
+include: "rules/partition.smk"
+include: "rules/train.smk"
+include: "rules/merge.smk"
 
 
 rule all:

@@ -1,5 +1,6 @@
 # Everything that is not a rule: scene loading and validation, wildcard
 # constraints, input functions and the final targets.
+import json
 import os
 from pathlib import Path
 
@@ -61,6 +62,7 @@ SCENES = _load_scenes(config.get("scenes"))
 
 wildcard_constraints:
     scene="|".join(SCENES),
+    pid=r"p\d+",
 
 
 def get_ingest_inputs(wildcards):
@@ -85,6 +87,36 @@ def get_georef_inputs(wildcards):
     return inputs
 
 
+def train_gpus(wildcards):
+    """Training asks for one GPU unless the scene forces the CPU path."""
+    return 0 if SCENES[wildcards.scene]["train"]["device"] == "cpu" else 1
+
+
+def partition_ids(scene):
+    """Partition ids from the checkpoint's manifest (re-evaluated once it exists)."""
+    manifest = checkpoints.partition.get(scene=scene).output.manifest
+    with open(manifest) as fh:
+        return [p["id"] for p in json.load(fh)["partitions"]]
+
+
+def get_partition_splats(wildcards):
+    return [f"results/{wildcards.scene}/partitions/{pid}/splats.ply"
+            for pid in partition_ids(wildcards.scene)]
+
+
+def get_evaluate_inputs(wildcards):
+    scene = wildcards.scene
+    inputs = {
+        "manifest": f"results/{scene}/partitions/manifest.json",
+        "splats": f"results/{scene}/merged/splats.ply",
+        "partition_metrics": [f"results/{scene}/partitions/{pid}/metrics.json"
+                              for pid in partition_ids(scene)],
+    }
+    if SCENES[scene]["evaluate"]["compare_monolithic"]:
+        inputs["monolithic"] = f"results/{scene}/monolithic/splats.ply"
+    return inputs
+
+
 def get_final_outputs():
     """Targets of `all`: each stage's JSON contract for every configured scene."""
     targets = []
@@ -92,5 +124,6 @@ def get_final_outputs():
         targets += [
             f"results/{scene}/sfm/report.json",
             f"results/{scene}/georef/frame.json",
+            f"results/{scene}/merged/metrics.json",
         ]
     return targets

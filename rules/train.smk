@@ -1,0 +1,43 @@
+# Stage 5: Gaussian-splat training, one job per partition (GPU on clusters, CPU path elsewhere).
+# A killed job resumes from partitions/<pid>/ckpt/last.pt (not an output: Snakemake keeps it).
+
+
+rule train:
+    message:
+        "Training {wildcards.scene} partition {wildcards.pid}"
+    input:
+        manifest="results/{scene}/partitions/manifest.json",
+    output:
+        splats="results/{scene}/partitions/{pid}/splats.ply",
+        metrics="results/{scene}/partitions/{pid}/metrics.json",
+    params:
+        pid=lambda wc: wc.pid,
+        options=lambda wc: SCENES[wc.scene]["train"],
+    threads: 1
+    resources:
+        mem_mb=16000,
+        runtime=720,
+        gpu=train_gpus,
+    log:
+        "logs/train/{scene}/{pid}.log",
+    benchmark:
+        "benchmarks/train/{scene}/{pid}.tsv"
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../scripts/train.py"
+
+
+use rule train as train_monolithic with:
+    message:
+        "Training {wildcards.scene} as one partition (quality reference)"
+    output:
+        splats="results/{scene}/monolithic/splats.ply",
+        metrics="results/{scene}/monolithic/metrics.json",
+    params:
+        pid="monolithic",
+        options=lambda wc: SCENES[wc.scene]["train"],
+    log:
+        "logs/train/{scene}/monolithic.log",
+    benchmark:
+        "benchmarks/train/{scene}/monolithic.tsv"

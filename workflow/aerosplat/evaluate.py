@@ -1,0 +1,147 @@
+"""Held-out evaluation of the merged model, with a seam check and the monolithic comparison.
+
+The held-out photos (every n-th image, see `partition`) never reach training: no pixels, no
+appearance codes. They are rendered from the merged model with no appearance correction, at the
+training resolution, and scored with PSNR and SSIM. LPIPS needs pretrained network weights that
+cannot be downloaded at run time, so it is reported only when they are already installed.
+
+Seam check: a held-out view whose visible ground (its rendered expected depth, back-projected) falls
+in more than one partition cell is a *border* view; border and interior views are scored separately,
+so a seam between partitions shows up as a gap between the two figures.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .fileio import atomic_path, write_json
+from .partition import load_manifest
+from .splats import read_ply, render_view
+from .train import TrainConfig, load_cameras, load_image, psnr, ssim
+
+log = logging.getLogger(__name__)
+
+# A view is a border view when its second most visible cell holds at least this share of its pixels.
+BORDER_SHARE = 0.1
+
+
+def cell_shares(points_xy: np.ndarray, cells: list[list[float]]) -> np.ndarray:
+    """Share of the points falling in each cell (half-open rectangles)."""
+    shares = []
+    for c in cells:
+        inside = ((points_xy[:, 0] >= c[0]) & (points_xy[:, 0] < c[2])
+                  & (points_xy[:, 1] >= c[1]) & (points_xy[:, 1] < c[3]))
+        shares.append(inside.mean() if len(points_xy) else 0.0)
+    return np.array(shares)
+
+
+def backproject(depth: np.ndarray, K: np.ndarray, w2c: np.ndarray, step: int = 4) -> np.ndarray:
+    """World points [M, 3] of every `step`-th pixel of a z-depth map [H, W] (0 = no surface)."""
+    h, w = depth.shape
+    v, u = np.mgrid[0:h:step, 0:w:step]
+    z = depth[v, u]
+    ok = z > 0
+    pix = np.stack([(u[ok] + 0.5) * z[ok], (v[ok] + 0.5) * z[ok], z[ok]], 0)
+    cam = np.linalg.inv(K) @ pix
+    R, t = w2c[:3, :3], w2c[:3, 3]
+    return (R.T @ (cam - t[:, None])).T
+
+
+def lpips_status() -> str:
+    import importlib.util
+
+    if importlib.util.find_spec("lpips") is None:
+        return "not computed: the lpips package and its pretrained weights are not installed"
+    return "not computed: LPIPS backbone weights would have to be downloaded at run time"
+
+
+def score_model(splats: dict, manifest: dict, cameras, image_dir: Path, scale: float,
+                renders_dir: Path | None = None) -> list[dict]:
+    """Render every held-out camera; PSNR, SSIM and the cells its visible surface falls in."""
+    cells = [p["cell_bounds"] for p in manifest["partitions"]]
+    rows = []
+    for cam in cameras:
+        K, w, h = cam.scaled(scale)
+        gt = load_image(image_dir / cam.name, w, h)
+        with torch.no_grad():
+            out, alpha, _ = render_view(splats, K, cam.w2c, w, h, render_mode="RGB+ED")
+        img = out[..., :3].clamp(0, 1)
+        depth = out[..., 3].numpy() * (alpha[..., 0].numpy() > 0.5)
+        shares = cell_shares(backproject(depth, K, cam.w2c)[:, :2], cells)
+        order = np.sort(shares)[::-1]
+        rows.append({
+            "name": cam.name,
+            "psnr": round(psnr(img, gt), 4),
+            "ssim": round(float(ssim(img, gt)), 5),
+            "cell_shares": {p["id"]: round(float(s), 3) for p, s in zip(manifest["partitions"], shares)},
+            "border": bool(len(order) > 1 and order[1] >= BORDER_SHARE),
+        })
+        if renders_dir is not None:
+            pair = np.concatenate([img.numpy(), gt.numpy()], 1)
+            renders_dir.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((pair * 255 + 0.5).astype(np.uint8)).save(
+                renders_dir / f"{Path(cam.name).stem}.png")
+        log.info("held-out %s: %.2f dB, SSIM %.3f%s", cam.name, rows[-1]["psnr"], rows[-1]["ssim"],
+                 " (border view)" if rows[-1]["border"] else "")
+    return rows
+
+
+def _mean(rows, key, where=lambda r: True):
+    vals = [r[key] for r in rows if where(r)]
+    return round(float(np.mean(vals)), 4) if vals else None
+
+
+def evaluate(manifest_path, merged_ply, metrics_out, renders_dir, train_cfg: TrainConfig,
+             monolithic_ply=None, partition_metrics: dict[str, str] | None = None) -> dict:
+    """Rule `evaluate`: `merged/metrics.json` with held-out PSNR/SSIM, seams and the comparison."""
+    t0 = time.time()
+    manifest_path = Path(manifest_path)
+    manifest = load_manifest(manifest_path)
+    image_dir = manifest_path.parent / manifest["images_dir"]
+    cameras = load_cameras(manifest, manifest["heldout"])
+    if not cameras:
+        raise ValueError("no held-out images: set partition.heldout_every > 0 to evaluate")
+    splats = read_ply(merged_ply)
+    with atomic_path(renders_dir) as tmp_renders:
+        rows = score_model(splats, manifest, cameras, image_dir, train_cfg.image_scale, tmp_renders)
+    metrics = {
+        "heldout_psnr": _mean(rows, "psnr"),
+        "heldout_ssim": _mean(rows, "ssim"),
+        "heldout_lpips": None,
+        "heldout_lpips_note": lpips_status(),
+        "heldout_images": rows,
+        "image_scale": train_cfg.image_scale,
+        "num_gaussians": int(splats["means"].shape[0]),
+        "num_partitions": len(manifest["partitions"]),
+        "seam": {
+            "border_views": [r["name"] for r in rows if r["border"]],
+            "border_psnr": _mean(rows, "psnr", lambda r: r["border"]),
+            "interior_psnr": _mean(rows, "psnr", lambda r: not r["border"]),
+            "border_share_threshold": BORDER_SHARE,
+        },
+    }
+    if monolithic_ply:
+        mono = score_model(read_ply(monolithic_ply), manifest, cameras, image_dir,
+                           train_cfg.image_scale)
+        metrics["monolithic_heldout_psnr"] = _mean(mono, "psnr")
+        metrics["monolithic_heldout_ssim"] = _mean(mono, "ssim")
+        metrics["partitioned_minus_monolithic_db"] = round(
+            metrics["heldout_psnr"] - metrics["monolithic_heldout_psnr"], 4)
+    if partition_metrics:
+        import json
+
+        metrics["partitions"] = {pid: {k: json.loads(Path(f).read_text()).get(k) for k in
+                                       ("train_psnr", "num_gaussians", "num_images", "seconds",
+                                        "iterations_per_second", "device", "resumed_from_step")}
+                                 for pid, f in partition_metrics.items()}
+    metrics["seconds"] = round(time.time() - t0, 2)
+    write_json(metrics_out, metrics)
+    log.info("held-out PSNR %.2f dB, SSIM %.3f over %d views", metrics["heldout_psnr"],
+             metrics["heldout_ssim"], len(rows))
+    return metrics

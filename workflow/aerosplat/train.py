@@ -1,0 +1,509 @@
+"""Per-partition 3D Gaussian splatting: one training job per partition, the same code on GPU and CPU.
+
+Follows gsplat's reference trainer (`examples/simple_trainer.py`) in spirit: gsplat's `rasterization`
+(or `aerosplat.raster_cpu.rasterization`, same signature, on machines without CUDA), its
+`DefaultStrategy` for densification (`MCMCStrategy` as an option), L1 + SSIM loss, spherical-harmonics
+degree ramped up during training, Adam per parameter group. Added for aerial surveys:
+
+- progressive resolution: the first part of the run trains on downscaled photos (cheap, coarse
+  structure first), then full resolution;
+- a per-image appearance (exposure/white balance) correction, an affine colour map per training
+  image constrained to average to identity over the training images, so the splats keep the mean
+  appearance and held-out views are rendered with no correction at all (no held-out pixel is used);
+- optional camera-pose refinement;
+- periodic checkpoints (and one on SIGTERM, which SLURM sends before pre-empting a job) from which a
+  re-started job resumes; a checkpoint is only resumed by a run with the same configuration and images.
+
+Inputs are the partition stage's files (manifest, undistorted images, SfM points), all in the local
+frame, so this module needs neither pycolmap nor the COLMAP model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .errors import InputError
+from .fileio import atomic_path, write_json
+from .partition import find_partition, load_manifest
+from .splats import get_rasterizer, write_ply
+
+log = logging.getLogger(__name__)
+
+SH_C0 = 0.28209479177387814
+
+
+@dataclass
+class TrainConfig:
+    """The `train:` section of a scene file (see config/schema.yaml for the documentation)."""
+
+    # auto = CUDA when available, else the CPU rasterizer.
+    device: str = "auto"
+    # Optimisation steps (one training view per step).
+    steps: int = 7000
+    # Training resolution as a fraction of the undistorted photos' size.
+    image_scale: float = 1.0
+    # Progressive resolution: [[fraction of steps where the level starts, scale relative to image_scale]].
+    resolution_schedule: list = field(default_factory=lambda: [[0.0, 0.25], [0.15, 0.5], [0.4, 1.0]])
+    # Highest SH degree and the step interval at which the degree goes up by one.
+    sh_degree: int = 3
+    sh_degree_interval: int = 1000
+    # Weight of (1 - SSIM) in the loss; L1 gets the rest.
+    ssim_lambda: float = 0.2
+    # Densification: default (gsplat DefaultStrategy) or mcmc (MCMCStrategy with cap_max).
+    strategy: str = "default"
+    cap_max: int = 1_000_000
+    refine_start: int = 500
+    # Fraction of the steps after which densification stops.
+    refine_stop_fraction: float = 0.5
+    refine_every: int = 100
+    reset_every: int = 3000
+    grow_grad2d: float = 0.0002
+    # Initial opacity and the scale of initial Gaussians relative to their kNN distance.
+    init_opacity: float = 0.1
+    init_scale: float = 1.0
+    # SfM points with a larger reprojection error are not used to initialise the Gaussians.
+    init_max_reproj_px: float = 2.0
+    # Learning rates (means scaled by the partition's camera extent, decayed 100x over the run).
+    lr_means: float = 1.6e-4
+    lr_scales: float = 5e-3
+    lr_quats: float = 1e-3
+    lr_opacities: float = 5e-2
+    lr_sh0: float = 2.5e-3
+    lr_shN: float = 2.5e-3 / 20
+    # Per-image affine colour correction (mean over training images held at identity).
+    appearance: bool = True
+    lr_appearance: float = 1e-3
+    # Per-image camera pose refinement.
+    pose_refinement: bool = False
+    lr_pose: float = 1e-5
+    # Steps between checkpoints (0 = only on SIGTERM).
+    checkpoint_every: int = 500
+    # Steps between progress lines in the log.
+    log_every: int = 100
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, section: dict) -> "TrainConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in section.items() if k in known})
+
+    def fingerprint(self, extra: object = None) -> str:
+        """Hash of everything that changes the result; a checkpoint only resumes a matching run."""
+        cfg = asdict(self)
+        cfg.pop("device"), cfg.pop("log_every"), cfg.pop("checkpoint_every")
+        text = json.dumps([cfg, extra], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def choose_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("train.device is 'cuda' but no CUDA device is visible to this job",
+                         hint="set train.device: auto (or cpu), or run the job on a GPU node")
+    return torch.device(requested)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class Camera:
+    name: str
+    K: np.ndarray  # [3, 3] at the undistorted photo's size
+    w2c: np.ndarray  # [4, 4]
+    width: int
+    height: int
+
+    def scaled(self, scale: float) -> tuple[np.ndarray, int, int]:
+        """Intrinsics and size at `scale` of the photo."""
+        w = max(1, round(self.width * scale))
+        h = max(1, round(self.height * scale))
+        K = self.K.copy()
+        K[0] *= w / self.width
+        K[1] *= h / self.height
+        return K, w, h
+
+
+def load_cameras(manifest: dict, names: list[str]) -> list[Camera]:
+    cams = []
+    for n in names:
+        c = manifest["cameras"][n]
+        w2c = np.eye(4)
+        w2c[:3] = np.asarray(c["w2c"], float)
+        cams.append(Camera(n, np.asarray(c["K"], float), w2c, int(c["width"]), int(c["height"])))
+    return cams
+
+
+def load_image(path: Path, width: int, height: int) -> torch.Tensor:
+    """Photo as float [H, W, 3] in [0, 1], area-downscaled to (width, height)."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (width, height):
+                im = im.resize((width, height), Image.Resampling.BOX)
+            return torch.from_numpy(np.asarray(im, np.float32) / 255.0)
+    except OSError as exc:
+        raise InputError(f"cannot read image: {exc}", path=str(path),
+                         hint="re-run the partition stage to regenerate the undistorted images")
+
+
+class ImageCache:
+    """Training photos at each resolution level, loaded once per level."""
+
+    def __init__(self, image_dir: Path, cameras: list[Camera], device: torch.device):
+        self.image_dir, self.cameras, self.device = image_dir, cameras, device
+        self.level_scale = None
+        self.images: list[torch.Tensor] = []
+        self.Ks: list[np.ndarray] = []
+
+    def at(self, scale: float):
+        if scale != self.level_scale:
+            self.images, self.Ks = [], []
+            for cam in self.cameras:
+                K, w, h = cam.scaled(scale)
+                self.images.append(load_image(self.image_dir / cam.name, w, h).to(self.device))
+                self.Ks.append(K)
+            self.level_scale = scale
+        return self.images, self.Ks
+
+
+def load_points(points_file: Path, partition: dict, max_reproj_px: float):
+    """SfM points of the partition's expanded cell (and z range), for initialisation."""
+    data = np.load(points_file)
+    xyz, rgb, err = data["xyz"], data["rgb"], data["error"]
+    b = partition["expanded_bounds"]
+    z0, z1 = partition["z_range"]
+    margin = 0.2 * max(z1 - z0, 1.0)
+    keep = ((xyz[:, 0] >= b[0]) & (xyz[:, 0] <= b[2]) & (xyz[:, 1] >= b[1]) & (xyz[:, 1] <= b[3])
+            & (xyz[:, 2] >= z0 - margin) & (xyz[:, 2] <= z1 + margin) & (err <= max_reproj_px))
+    return xyz[keep], rgb[keep]
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def knn_mean_distance(xyz: torch.Tensor, k: int = 3, chunk: int = 4096) -> torch.Tensor:
+    """Mean distance to the k nearest other points ([N]), chunked so memory stays bounded."""
+    out = []
+    for i in range(0, xyz.shape[0], chunk):
+        d = torch.cdist(xyz[i:i + chunk], xyz)
+        d = d.topk(min(k + 1, xyz.shape[0]), largest=False).values[:, 1:]
+        out.append(d.mean(1))
+    return torch.cat(out)
+
+
+def init_splats(xyz: np.ndarray, rgb: np.ndarray, cfg: TrainConfig, device) -> dict:
+    """Gaussians at the SfM points: kNN-sized, isotropic, SH DC from the point colours."""
+    if xyz.shape[0] < 4:
+        raise InputError(f"only {xyz.shape[0]} SfM points inside the partition; cannot initialise",
+                         hint="lower partition.min_points or choose a coarser grid")
+    g = torch.Generator().manual_seed(cfg.seed)
+    means = torch.as_tensor(xyz, dtype=torch.float32)
+    dist = knn_mean_distance(means).clamp_min(1e-4)
+    scales = torch.log(dist * cfg.init_scale)[:, None].repeat(1, 3)
+    quats = torch.rand((means.shape[0], 4), generator=g)
+    opac = torch.logit(torch.full((means.shape[0],), cfg.init_opacity))
+    colors = torch.as_tensor(rgb, dtype=torch.float32) / 255.0
+    sh0 = ((colors - 0.5) / SH_C0)[:, None, :]
+    shN = torch.zeros((means.shape[0], (cfg.sh_degree + 1) ** 2 - 1, 3))
+    params = {"means": means, "scales": scales, "quats": quats, "opacities": opac,
+              "sh0": sh0, "shN": shN}
+    return torch.nn.ParameterDict({k: torch.nn.Parameter(v.to(device)) for k, v in params.items()})
+
+
+def make_optimizers(splats, cfg: TrainConfig, scene_scale: float) -> dict:
+    lrs = {"means": cfg.lr_means * scene_scale, "scales": cfg.lr_scales, "quats": cfg.lr_quats,
+           "opacities": cfg.lr_opacities, "sh0": cfg.lr_sh0, "shN": cfg.lr_shN}
+    return {k: torch.optim.Adam([{"params": splats[k], "lr": lr, "name": k}], eps=1e-15)
+            for k, lr in lrs.items()}
+
+
+def make_strategy(cfg: TrainConfig):
+    from gsplat.strategy import DefaultStrategy, MCMCStrategy
+
+    start = min(cfg.refine_start, max(1, int(0.1 * cfg.steps)))
+    stop = max(start + 1, int(cfg.refine_stop_fraction * cfg.steps))
+    if cfg.strategy == "mcmc":
+        return MCMCStrategy(cap_max=cfg.cap_max, refine_start_iter=start, refine_stop_iter=stop,
+                            refine_every=cfg.refine_every)
+    if cfg.strategy == "default":
+        return DefaultStrategy(refine_start_iter=start, refine_stop_iter=stop,
+                               refine_every=cfg.refine_every, reset_every=cfg.reset_every,
+                               grow_grad2d=cfg.grow_grad2d)
+    raise InputError(f"train.strategy '{cfg.strategy}' is not one of default, mcmc")
+
+
+class Appearance(torch.nn.Module):
+    """Per-training-image affine colour map, zero-mean over images so the splats hold the mean look."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.zeros(n, 3))
+        self.bias = torch.nn.Parameter(torch.zeros(n, 3))
+
+    def forward(self, img: torch.Tensor, i: int) -> torch.Tensor:
+        gain = self.gain[i] - self.gain.mean(0)
+        bias = self.bias[i] - self.bias.mean(0)
+        return img * (1.0 + gain) + bias
+
+
+class PoseDelta(torch.nn.Module):
+    """Per-training-image small rigid correction (axis-angle, translation) to world-to-camera."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.delta = torch.nn.Parameter(torch.zeros(n, 6))
+
+    def forward(self, w2c: torch.Tensor, i: int) -> torch.Tensor:
+        rot = self.delta[i, :3]
+        theta = rot.norm() + 1e-12
+        k = rot / theta
+        Kx = torch.zeros(3, 3, device=w2c.device)
+        Kx[0, 1], Kx[0, 2], Kx[1, 0] = -k[2], k[1], k[2]
+        Kx[1, 2], Kx[2, 0], Kx[2, 1] = -k[0], -k[1], k[0]
+        R = torch.eye(3, device=w2c.device) + torch.sin(theta) * Kx + (1 - torch.cos(theta)) * Kx @ Kx
+        d = torch.eye(4, device=w2c.device)
+        d = torch.cat([torch.cat([R, self.delta[i, 3:, None]], 1), d[3:]], 0)
+        return d @ w2c
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = F.mse_loss(a.clamp(0, 1), b).item()
+    return float(10 * math.log10(1.0 / max(mse, 1e-12)))
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """SSIM of two [H, W, 3] images (pytorch_msssim, 11 px Gaussian window)."""
+    from pytorch_msssim import ssim as _ssim
+
+    return _ssim(a.permute(2, 0, 1)[None], b.permute(2, 0, 1)[None], data_range=1.0,
+                 size_average=True)
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+def level_scale(cfg: TrainConfig, step: int) -> float:
+    """Training resolution (fraction of the photo size) at `step`."""
+    scale = cfg.resolution_schedule[0][1] if cfg.resolution_schedule else 1.0
+    for start, s in cfg.resolution_schedule:
+        if step >= start * cfg.steps:
+            scale = s
+    return cfg.image_scale * scale
+
+
+class Checkpoint:
+    """`ckpt/last.pt` beside the outputs; written atomically, resumed only by a matching run."""
+
+    def __init__(self, path: Path, fingerprint: str):
+        self.path, self.fingerprint = path, fingerprint
+
+    def save(self, state: dict) -> None:
+        with atomic_path(self.path) as tmp:
+            torch.save({"fingerprint": self.fingerprint, **state}, tmp)
+        log.info("checkpoint: step %d -> %s", state["step"], self.path)
+
+    def load(self, device) -> dict | None:
+        if not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, map_location=device, weights_only=True)
+        except Exception as exc:  # a checkpoint we cannot read is not worth failing over
+            log.warning("checkpoint %s unreadable (%s): starting over", self.path, exc)
+            return None
+        if state.get("fingerprint") != self.fingerprint:
+            log.warning("checkpoint %s belongs to another configuration: starting over", self.path)
+            return None
+        return state
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metrics_out,
+                    threads: int | None = None) -> dict:
+    """Train partition `pid` of the manifest; write the splats PLY and a metrics JSON."""
+    t_start = time.time()
+    manifest_path = Path(manifest_path)
+    manifest = load_manifest(manifest_path)
+    part = find_partition(manifest, pid)
+    if threads:
+        torch.set_num_threads(threads)
+    device = choose_device(cfg.device)
+    rasterize = get_rasterizer(device.type)
+    torch.manual_seed(cfg.seed)
+    root = manifest_path.parent
+    cameras = load_cameras(manifest, part["images"])
+    if len(cameras) < 1:
+        raise InputError(f"partition {pid} has no training images", path=str(manifest_path))
+    xyz, rgb = load_points(root / manifest["points"], part, cfg.init_max_reproj_px)
+    centers = np.array([-c.w2c[:3, :3].T @ c.w2c[:3, 3] for c in cameras])
+    scene_scale = float(np.linalg.norm(centers - centers.mean(0), axis=1).max() * 1.1) or 1.0
+
+    splats = init_splats(xyz, rgb, cfg, device)
+    optimizers = make_optimizers(splats, cfg, scene_scale)
+    strategy = make_strategy(cfg)
+    strategy.check_sanity(splats, optimizers)
+    if cfg.strategy == "mcmc":
+        strat_state = strategy.initialize_state()
+    else:
+        strat_state = strategy.initialize_state(scene_scale=scene_scale)
+    extras = torch.nn.ModuleDict()
+    if cfg.appearance:
+        extras["appearance"] = Appearance(len(cameras))
+    if cfg.pose_refinement:
+        extras["pose"] = PoseDelta(len(cameras))
+    extras.to(device)
+    extra_opts = {}
+    if cfg.appearance:
+        extra_opts["appearance"] = torch.optim.Adam(extras["appearance"].parameters(),
+                                                    lr=cfg.lr_appearance)
+    if cfg.pose_refinement:
+        extra_opts["pose"] = torch.optim.Adam(extras["pose"].parameters(), lr=cfg.lr_pose)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    w2cs = torch.as_tensor(np.stack([c.w2c for c in cameras]), dtype=torch.float32, device=device)
+
+    ckpt = Checkpoint(Path(splats_out).parent / "ckpt" / "last.pt",
+                      cfg.fingerprint([part["images"], part["expanded_bounds"], xyz.shape[0]]))
+    start_step, resumed_from = 0, None
+    state = ckpt.load(device)
+    if state is not None:
+        for k in splats.keys():
+            splats[k] = torch.nn.Parameter(state["splats"][k].to(device))
+        optimizers = make_optimizers(splats, cfg, scene_scale)
+        for k, opt in optimizers.items():
+            opt.load_state_dict(state["optimizers"][k])
+        strat_state = {k: (v.to(device) if torch.is_tensor(v) else v)
+                       for k, v in state["strategy"].items()}
+        extras.load_state_dict(state["extras"])
+        for k, opt in extra_opts.items():
+            opt.load_state_dict(state["extra_opts"][k])
+        gen.set_state(state["rng"])
+        start_step = resumed_from = int(state["step"])
+        log.info("resumed %s from checkpoint at step %d/%d (%d Gaussians)", pid, start_step,
+                 cfg.steps, splats["means"].shape[0])
+
+    def save_checkpoint(step):
+        ckpt.save({"step": step, "splats": {k: v.detach() for k, v in splats.items()},
+                   "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                   "strategy": strat_state, "extras": extras.state_dict(),
+                   "extra_opts": {k: o.state_dict() for k, o in extra_opts.items()},
+                   "rng": gen.get_state()})
+
+    stop_requested = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
+    means_decay = 0.01 ** (1.0 / max(cfg.steps, 1))
+    for g in optimizers["means"].param_groups:
+        g["lr"] = cfg.lr_means * scene_scale * means_decay ** start_step
+    cache = ImageCache(root / manifest["images_dir"], cameras, device)
+    log.info("training %s on %s: %d images, %d initial Gaussians, %d steps, scene scale %.1f m",
+             pid, device, len(cameras), splats["means"].shape[0], cfg.steps, scene_scale)
+    t_loop, steps_done, recent = time.time(), 0, []
+    step = start_step
+    try:
+        for step in range(start_step, cfg.steps):
+            if stop_requested:
+                save_checkpoint(step)
+                raise SystemExit(f"stopped by SIGTERM at step {step}; checkpoint saved, re-run to resume")
+            scale = level_scale(cfg, step)
+            images, Ks = cache.at(scale)
+            i = int(torch.randint(len(cameras), (1,), generator=gen))
+            gt = images[i]
+            h, w = gt.shape[:2]
+            sh_degree = min(step // cfg.sh_degree_interval, cfg.sh_degree)
+            viewmat = w2cs[i]
+            if cfg.pose_refinement:
+                viewmat = extras["pose"](viewmat, i)
+            colors = torch.cat([splats["sh0"], splats["shN"]], 1)
+            render, alpha, info = rasterize(
+                means=splats["means"], quats=splats["quats"], scales=torch.exp(splats["scales"]),
+                opacities=torch.sigmoid(splats["opacities"]), colors=colors,
+                viewmats=viewmat[None], Ks=torch.as_tensor(Ks[i], dtype=torch.float32,
+                                                           device=device)[None],
+                width=w, height=h, sh_degree=sh_degree, packed=False,
+                absgrad=False, rasterize_mode="classic")
+            img = render[0]
+            if cfg.appearance:
+                img = extras["appearance"](img, i)
+            strategy.step_pre_backward(splats, optimizers, strat_state, step, info)
+            l1 = F.l1_loss(img, gt)
+            loss = (1 - cfg.ssim_lambda) * l1 + cfg.ssim_lambda * (1 - ssim(img, gt))
+            loss.backward()
+            for opt in list(optimizers.values()) + list(extra_opts.values()):
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            for g in optimizers["means"].param_groups:
+                g["lr"] *= means_decay
+            if cfg.strategy == "mcmc":
+                strategy.step_post_backward(splats, optimizers, strat_state, step, info,
+                                            lr=optimizers["means"].param_groups[0]["lr"])
+            else:
+                strategy.step_post_backward(splats, optimizers, strat_state, step, info,
+                                            packed=False)
+            steps_done += 1
+            recent.append(psnr(img.detach(), gt))
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                rate = steps_done / (time.time() - t_loop)
+                eta = (cfg.steps - step - 1) / max(rate, 1e-9)
+                log.info("%s step %d/%d  %dx%d  loss %.4f  psnr %.2f dB  %d Gaussians  "
+                         "%.1f it/s  eta %.0f s", pid, step + 1, cfg.steps, w, h, loss.item(),
+                         float(np.mean(recent)), splats["means"].shape[0], rate, eta)
+                recent = []
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
+                    and step + 1 < cfg.steps:
+                save_checkpoint(step + 1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    train_seconds = time.time() - t_loop
+
+    # Final figures on the partition's own training views, at full training resolution.
+    with torch.no_grad():
+        images, Ks = cache.at(cfg.image_scale)
+        scores = []
+        for i in range(len(cameras)):
+            h, w = images[i].shape[:2]
+            render, _, _ = rasterize(
+                means=splats["means"], quats=splats["quats"], scales=torch.exp(splats["scales"]),
+                opacities=torch.sigmoid(splats["opacities"]),
+                colors=torch.cat([splats["sh0"], splats["shN"]], 1), viewmats=w2cs[i][None],
+                Ks=torch.as_tensor(Ks[i], dtype=torch.float32, device=device)[None],
+                width=w, height=h, sh_degree=cfg.sh_degree, packed=False)
+            img = render[0]
+            if cfg.appearance:
+                img = extras["appearance"](img, i)
+            scores.append(psnr(img, images[i]))
+    write_ply(splats_out, {k: v.detach() for k, v in splats.items()})
+    metrics = {
+        "partition": pid,
+        "device": str(device),
+        "steps": cfg.steps,
+        "resumed_from_step": resumed_from,
+        "steps_this_run": steps_done,
+        "num_gaussians": int(splats["means"].shape[0]),
+        "num_images": len(cameras),
+        "num_init_points": int(xyz.shape[0]),
+        "train_psnr": float(np.mean(scores)),
+        "image_size": [int(images[0].shape[1]), int(images[0].shape[0])],
+        "train_seconds": round(train_seconds, 2),
+        "iterations_per_second": round(steps_done / max(train_seconds, 1e-9), 3),
+        "seconds": round(time.time() - t_start, 2),
+        "config": asdict(cfg),
+    }
+    write_json(metrics_out, metrics)
+    ckpt.remove()
+    log.info("%s done: train PSNR %.2f dB, %d Gaussians, %.0f s", pid, metrics["train_psnr"],
+             metrics["num_gaussians"], metrics["seconds"])
+    return metrics
