@@ -96,8 +96,17 @@ class TrainConfig:
 
     @classmethod
     def from_config(cls, section: dict) -> "TrainConfig":
+        """From the validated `train:` section; checks what the schema cannot express."""
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in section.items() if k in known})
+        cfg = cls(**{k: v for k, v in section.items() if k in known})
+        starts = [s for s, _ in cfg.resolution_schedule]
+        if cfg.resolution_schedule and (starts[0] != 0 or starts != sorted(starts)
+                                        or not all(0 < f <= 1 for _, f in cfg.resolution_schedule)):
+            raise InputError(
+                f"train.resolution_schedule {cfg.resolution_schedule}: the first level must start at 0, "
+                "starts must increase and scales lie in (0, 1]",
+                hint="e.g. [[0.0, 0.25], [0.15, 0.5], [0.4, 1.0]], or [] for full resolution throughout")
+        return cfg
 
     def fingerprint(self, extra: object = None) -> str:
         """Hash of everything that changes the result; a checkpoint only resumes a matching run."""
@@ -237,6 +246,10 @@ def make_strategy(cfg: TrainConfig):
     start = min(cfg.refine_start, max(1, int(0.1 * cfg.steps)))
     stop = max(start + 1, int(cfg.refine_stop_fraction * cfg.steps))
     if cfg.strategy == "mcmc":
+        if not torch.cuda.is_available():
+            from .strategy_cpu import use_cpu_kernels
+
+            use_cpu_kernels()
         return MCMCStrategy(cap_max=cfg.cap_max, refine_start_iter=start, refine_stop_iter=stop,
                             refine_every=cfg.refine_every)
     if cfg.strategy == "default":

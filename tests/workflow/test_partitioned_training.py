@@ -1,0 +1,127 @@
+"""The sample scene through partition -> train -> merge -> evaluate, and re-running one partition.
+
+These use the session's `sample_run` (the whole workflow, CPU path, demo settings).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from aerosplat.splats import read_ply
+from conftest import ROOT, SNAKEMAKE, run_snakemake
+
+pytestmark = pytest.mark.slow
+
+
+def _json(path):
+    return json.loads(path.read_text())
+
+
+def job_counts(stdout: str) -> dict[str, int]:
+    """The 'job count' table Snakemake prints for a (dry) run."""
+    counts = {}
+    table = stdout.split("job ", 1)[-1] if "job " in stdout else ""
+    for line in table.splitlines():
+        m = re.match(r"^(\w+)\s+(\d+)\s*$", line.strip())
+        if m:
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def test_manifest_partitions_the_sample(sample_run):
+    res = sample_run / "results/sample"
+    m = _json(res / "partitions/manifest.json")
+    parts = m["partitions"]
+    assert len(parts) >= 2
+    heldout = set(m["heldout"])
+    names = sorted(m["cameras"])
+    assert heldout == {n for i, n in enumerate(names) if i % 8 == 0}
+    for p in parts:
+        assert {"id", "cell_bounds", "expanded_bounds", "images", "num_points"} <= set(p)
+        assert not heldout & set(p["images"]), "a held-out photo leaked into training"
+        assert p["num_points"] > 1000
+        e, b = p["expanded_bounds"], p["cell_bounds"]
+        assert e[0] <= b[0] and e[1] <= b[1] and e[2] >= b[2] and e[3] >= b[3]
+    assert set().union(*[p["images"] for p in parts]) == set(m["train"])
+    # Obliques are assigned by what they see: some train a cell they do not stand in.
+    outside = 0
+    for name in m["train"]:
+        w2c = np.asarray(m["cameras"][name]["w2c"])
+        center = -w2c[:, :3].T @ w2c[:, 3]
+        if w2c[2, 2] > -0.9:  # optical axis (third row of R) not pointing straight down
+            for p in parts:
+                e = p["expanded_bounds"]
+                if name in p["images"] and not (e[0] <= center[0] <= e[2] and e[1] <= center[1] <= e[3]):
+                    outside += 1
+    assert outside >= 1
+
+
+def test_merged_model_scores_on_heldout_views(sample_run):
+    res = sample_run / "results/sample"
+    metrics = _json(res / "merged/metrics.json")
+    assert metrics["num_partitions"] >= 2
+    assert metrics["heldout_psnr"] >= 25.0, metrics["heldout_images"]
+    assert 0.7 < metrics["heldout_ssim"] <= 1.0
+    # Partitioning costs no quality against one model of the whole scene with the same settings.
+    assert metrics["heldout_psnr"] >= metrics["monolithic_heldout_psnr"] - 0.5
+    assert len(metrics["heldout_images"]) == len(_json(res / "partitions/manifest.json")["heldout"])
+    assert metrics["seam"]["border_views"] or metrics["seam"]["interior_psnr"] is not None
+    assert len(list((res / "merged/heldout").glob("*.png"))) == len(metrics["heldout_images"])
+
+
+def test_merged_ply_is_the_cropped_union_in_the_local_frame(sample_run):
+    res = sample_run / "results/sample"
+    merged = read_ply(res / "merged/splats.ply")
+    report = _json(res / "merged/merge.json")
+    assert merged["means"].shape[0] == sum(p["kept"] for p in report["partitions"])
+    for p in report["partitions"]:
+        assert 0 < p["kept"] < p["gaussians"]  # the overlap margins were cropped away
+    frame = _json(res / "merged/frame.json")
+    assert frame["epsg"] == 32632 and len(frame["origin"]) == 3
+    # Local frame: the ground of the sample lies ~50 m below the origin height, not at UTM values.
+    z = np.median(merged["means"][:, 2].numpy())
+    assert -80 < z < -20 and np.abs(merged["means"][:, :2].numpy()).max() < 1e4
+
+
+def test_removing_one_partition_replans_only_it_and_resumes_a_killed_job(sample_run):
+    res = sample_run / "results/sample"
+    target = res / "partitions/p01/splats.ply"
+    target.unlink()
+    dry = run_snakemake(sample_run, "--cores", "2", "-n")
+    counts = job_counts(dry.stdout)
+    assert counts.get("train") == 1, dry.stdout[-3000:]
+    assert "p01" in dry.stdout and "partitions/p00/splats.ply" not in dry.stdout.split("job ")[-1]
+    assert counts.get("merge") == 1 and counts.get("evaluate") == 1
+    assert not {"sfm", "georef", "partition", "train_monolithic"} & set(counts)
+
+    # Start the re-run, kill everything once the job has written a checkpoint, then run again.
+    ckpt = res / "partitions/p01/ckpt/last.pt"
+    cmd = [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--directory", str(sample_run),
+           "--profile", str(ROOT / "profiles" / "default"), "--cores", "2",
+           "results/sample/partitions/p01/splats.ply"]
+    proc = subprocess.Popen(cmd, cwd=sample_run, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(1)
+    assert ckpt.exists(), "no checkpoint appeared"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not target.exists()
+    run_snakemake(sample_run, "--cores", "2")
+    log = (sample_run / "logs/train/sample/p01.log").read_text()
+    resumed = re.findall(r"resumed p01 from checkpoint at step (\d+)", log)
+    assert resumed and int(resumed[-1]) > 0
+    m = _json(res / "partitions/p01/metrics.json")
+    assert m["resumed_from_step"] == int(resumed[-1])
+    assert m["steps_this_run"] == m["steps"] - m["resumed_from_step"]
+    assert not ckpt.exists()  # removed once the result is written
+    assert _json(res / "merged/metrics.json")["heldout_psnr"] >= 25.0
