@@ -32,6 +32,23 @@ def summarize(scene_dir: str | Path) -> str:
         hp = f.get("height_prior") or {}
         if hp.get("nadir_only"):
             lines.append(f"  {hp.get('note', '')}")
+    manifest = d / "partitions" / "manifest.json"
+    if manifest.is_file():
+        m = json.loads(manifest.read_text())
+        parts = ", ".join(f"{p['id']} {len(p['images'])} images" for p in m["partitions"])
+        lines.append(f"  partitions: grid {m['grid'][0]}x{m['grid'][1]} -> {parts}; "
+                     f"{len(m['heldout'])} photos held out")
+    metrics = d / "merged" / "metrics.json"
+    if metrics.is_file():
+        r = json.loads(metrics.read_text())
+        line = (f"  merged: {r['num_gaussians']} Gaussians, held-out PSNR {r['heldout_psnr']:.2f} dB, "
+                f"SSIM {r['heldout_ssim']:.3f} over {len(r['heldout_images'])} views")
+        if r.get("monolithic_heldout_psnr") is not None:
+            line += f" (one partition: {r['monolithic_heldout_psnr']:.2f} dB)"
+        lines.append(line)
+        for pid, p in (r.get("partitions") or {}).items():
+            lines.append(f"    {pid}: {p['num_gaussians']} Gaussians, train PSNR {p['train_psnr']:.2f} dB, "
+                         f"{p['iterations_per_second']:.1f} it/s on {p['device']}, {p['seconds']:.0f} s")
     return "\n".join(lines)
 
 
