@@ -405,6 +405,9 @@ def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metri
         for k, opt in extra_opts.items():
             opt.load_state_dict(state["extra_opts"][k])
         gen.set_state(state["rng"])
+        torch.set_rng_state(state["torch_rng"])  # densification samples from the global generator
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu())
         start_step = resumed_from = int(state["step"])
         log.info("resumed %s from checkpoint at step %d/%d (%d Gaussians)", pid, start_step,
                  cfg.steps, splats["means"].shape[0])
@@ -414,13 +417,12 @@ def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metri
                    "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                    "strategy": strat_state, "extras": extras.state_dict(),
                    "extra_opts": {k: o.state_dict() for k, o in extra_opts.items()},
-                   "rng": gen.get_state()})
+                   "rng": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                   **({"cuda_rng": torch.cuda.get_rng_state()} if device.type == "cuda" else {})})
 
     stop_requested = []
     previous = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
-    means_decay = 0.01 ** (1.0 / max(cfg.steps, 1))
-    for g in optimizers["means"].param_groups:
-        g["lr"] = cfg.lr_means * scene_scale * means_decay ** start_step
+    means_decay = 0.01 ** (1.0 / max(cfg.steps, 1))  # the checkpoint's optimizer state holds the decayed lr
     cache = ImageCache(root / manifest["images_dir"], cameras, device)
     log.info("training %s on %s: %d images, %d initial Gaussians, %d steps, scene scale %.1f m",
              pid, device, len(cameras), splats["means"].shape[0], cfg.steps, scene_scale)
