@@ -14,6 +14,9 @@ from conftest import DATASETS, needs_dataset, run_snakemake
 
 pytestmark = [pytest.mark.slow, needs_dataset("brighton_beach")]
 
+# Held-out PSNR floor at the scene's CPU settings (measured 16.7 dB at 398 x 224, 2000 steps).
+BRIGHTON_MIN_PSNR = 15.0
+
 
 @pytest.fixture(scope="module")
 def brighton(tmp_path_factory):
@@ -64,3 +67,16 @@ def test_relative_altitude_mode_matches_flying_height(brighton, tmp_path):
     assert hp["model_agl_after_m"] == pytest.approx(hp["relative_altitude_m"], rel=0.005)
     assert hp["focal_px_after"][0] > hp["focal_px"][0] * 1.05
     assert frame["rmse_gps_m"]["horizontal"] <= 3.0
+
+
+def test_trains_end_to_end_on_cpu_and_scores_heldout_views(brighton):
+    manifest = json.loads((brighton / "partitions" / "manifest.json").read_text())
+    # The reference runs' split: every 8th photo from the first.
+    assert manifest["heldout"] == ["DJI_0018.JPG", "DJI_0026.JPG", "DJI_0034.JPG"]
+    metrics = json.loads((brighton / "merged" / "metrics.json").read_text())
+    assert [r["name"] for r in metrics["heldout_images"]] == manifest["heldout"]
+    # Reduced resolution (image_scale 0.25, ~400 x 225) on CPU; a plain gsplat loop reaches
+    # 15.8-17.4 dB at full resolution on these views (see the reference runs).
+    assert metrics["heldout_psnr"] >= BRIGHTON_MIN_PSNR, metrics["heldout_images"]
+    for pid, p in metrics["partitions"].items():
+        assert p["device"] == "cpu" and p["train_psnr"] > metrics["heldout_psnr"]
