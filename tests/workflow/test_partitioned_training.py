@@ -27,11 +27,15 @@ def _json(path):
 
 def job_counts(stdout: str) -> dict[str, int]:
     """The 'job count' table Snakemake prints for a (dry) run."""
-    counts = {}
-    table = stdout.split("job ", 1)[-1] if "job " in stdout else ""
-    for line in table.splitlines():
+    counts, inside = {}, False
+    for line in stdout.splitlines():
+        if re.match(r"^job\s+count\s*$", line):
+            inside = True
+            continue
         m = re.match(r"^(\w+)\s+(\d+)\s*$", line.strip())
-        if m:
+        if inside and m:
+            if m.group(1) == "total":
+                break
             counts[m.group(1)] = int(m.group(2))
     return counts
 

@@ -12,6 +12,7 @@ so a seam between partitions shows up as a gap between the two figures.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -134,8 +135,6 @@ def evaluate(manifest_path, merged_ply, metrics_out, renders_dir, train_cfg: Tra
         metrics["partitioned_minus_monolithic_db"] = round(
             metrics["heldout_psnr"] - metrics["monolithic_heldout_psnr"], 4)
     if partition_metrics:
-        import json
-
         metrics["partitions"] = {pid: {k: json.loads(Path(f).read_text()).get(k) for k in
                                        ("train_psnr", "num_gaussians", "num_images", "seconds",
                                         "iterations_per_second", "device", "resumed_from_step")}
