@@ -120,6 +120,7 @@ def test_removing_one_partition_replans_only_it_and_resumes_a_killed_job(sample_
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not target.exists()
+    run_snakemake(sample_run, "--unlock")  # a killed Snakemake leaves its directory lock behind
     run_snakemake(sample_run, "--cores", "2")
     log = (sample_run / "logs/train/sample/p01.log").read_text()
     resumed = re.findall(r"resumed p01 from checkpoint at step (\d+)", log)
