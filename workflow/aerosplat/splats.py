@@ -107,14 +107,15 @@ def get_rasterizer(device: str):
 def render_view(splats: dict[str, torch.Tensor], K, w2c, width: int, height: int,
                 sh_degree: int | None = None, render_mode: str = "RGB", rasterizer=None,
                 background=None, camera_model: str = "pinhole"):
-    """Render one camera. K [3,3] and w2c [3,4] or [4,4] as arrays or tensors.
+    """Render one camera. K [3,3] and w2c [3,4] or [4,4] as arrays or tensors (a tensor w2c keeps
+    its autograd graph, e.g. for pose refinement).
 
     Returns (image [H, W, C], alpha [H, W, 1], meta).
     """
     device = splats["means"].device
     rasterizer = rasterizer or get_rasterizer(device.type)
-    K = torch.as_tensor(np.asarray(K), dtype=torch.float32, device=device)
-    w2c = torch.as_tensor(np.asarray(w2c), dtype=torch.float32, device=device)
+    K = torch.as_tensor(K, dtype=torch.float32, device=device)
+    w2c = torch.as_tensor(w2c, dtype=torch.float32, device=device)
     if w2c.shape[0] == 3:
         w2c = torch.cat([w2c, torch.tensor([[0, 0, 0, 1.0]], device=device)], 0)
     if sh_degree is None:

@@ -37,7 +37,7 @@ from PIL import Image
 from .errors import InputError
 from .fileio import atomic_path, write_json
 from .partition import find_partition, load_manifest
-from .splats import get_rasterizer, write_ply
+from .splats import get_rasterizer, render_view, write_ply
 
 log = logging.getLogger(__name__)
 
@@ -442,15 +442,8 @@ def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metri
             viewmat = w2cs[i]
             if cfg.pose_refinement:
                 viewmat = extras["pose"](viewmat, i)
-            colors = torch.cat([splats["sh0"], splats["shN"]], 1)
-            render, alpha, info = rasterize(
-                means=splats["means"], quats=splats["quats"], scales=torch.exp(splats["scales"]),
-                opacities=torch.sigmoid(splats["opacities"]), colors=colors,
-                viewmats=viewmat[None], Ks=torch.as_tensor(Ks[i], dtype=torch.float32,
-                                                           device=device)[None],
-                width=w, height=h, sh_degree=sh_degree, packed=False,
-                absgrad=False, rasterize_mode="classic")
-            img = render[0]
+            img, _, info = render_view(splats, Ks[i], viewmat, w, h, sh_degree=sh_degree,
+                                       rasterizer=rasterize)
             if cfg.appearance:
                 img = extras["appearance"](img, i)
             strategy.step_pre_backward(splats, optimizers, strat_state, step, info)
@@ -490,13 +483,8 @@ def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metri
         scores = []
         for i in range(len(cameras)):
             h, w = images[i].shape[:2]
-            render, _, _ = rasterize(
-                means=splats["means"], quats=splats["quats"], scales=torch.exp(splats["scales"]),
-                opacities=torch.sigmoid(splats["opacities"]),
-                colors=torch.cat([splats["sh0"], splats["shN"]], 1), viewmats=w2cs[i][None],
-                Ks=torch.as_tensor(Ks[i], dtype=torch.float32, device=device)[None],
-                width=w, height=h, sh_degree=cfg.sh_degree, packed=False)
-            img = render[0]
+            img, _, _ = render_view(splats, Ks[i], w2cs[i], w, h, sh_degree=cfg.sh_degree,
+                                    rasterizer=rasterize)
             if cfg.appearance:
                 img = extras["appearance"](img, i)
             scores.append(psnr(img, images[i]))
