@@ -117,8 +117,10 @@ def get_evaluate_inputs(wildcards):
     return inputs
 
 
-def get_final_outputs():
-    """Targets of `all`: each stage's JSON contract for every configured scene."""
+def get_final_outputs(wildcards):
+    """Targets of `all`: each stage's JSON contract for every configured scene, and every
+    partition's trained model, so that a deleted or failed partition is re-trained (and the
+    merge after it re-run) even when the merged products are still on disk."""
     targets = []
     for scene in SCENES:
         targets += [
@@ -126,4 +128,6 @@ def get_final_outputs():
             f"results/{scene}/georef/frame.json",
             f"results/{scene}/merged/metrics.json",
         ]
+        targets += [f"results/{scene}/partitions/{pid}/{name}"
+                    for pid in partition_ids(scene) for name in ("splats.ply", "metrics.json")]
     return targets
