@@ -20,6 +20,13 @@ include: "rules/train.smk"
 include: "rules/merge.smk"
 
 
+# Light jobs run on the submit host under a cluster executor (seconds each, no GPU, no queueing).
+localrules:
+    all,
+    ingest,
+    georef,
+
+
 rule all:
     default_target: True
     input:

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from .fileio import atomic_path, write_json
-from .partition import load_manifest
+from .manifest import load_manifest
 from .splats import read_ply, render_view
 from .train import TrainConfig, load_cameras, load_image, psnr, ssim
 

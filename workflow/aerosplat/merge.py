@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .fileio import read_json, write_json
-from .partition import load_manifest
+from .manifest import load_manifest
 from .splats import read_ply, write_ply
 
 log = logging.getLogger(__name__)

@@ -35,10 +35,10 @@ import numpy as np
 
 from .errors import InputError, StageFailure
 from .fileio import atomic_path, read_json, write_json
+from .manifest import MANIFEST_VERSION
 
 log = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -398,23 +398,3 @@ def run(sparse_dir, image_dir, frame_json, manifest_out, points_out, images_out,
     }
     write_json(manifest_out, manifest)
     return manifest
-
-
-def load_manifest(path: str | Path) -> dict:
-    manifest = read_json(path)
-    if manifest.get("version") != MANIFEST_VERSION:
-        raise InputError(f"unsupported partition manifest version {manifest.get('version')}",
-                         path=str(path), hint="re-run the partition stage")
-    return manifest
-
-
-def find_partition(manifest: dict, pid: str) -> dict:
-    """The manifest entry of partition `pid` (or of the monolithic reference)."""
-    if pid == "monolithic" and "monolithic" in manifest:
-        return manifest["monolithic"]
-    for p in manifest["partitions"]:
-        if p["id"] == pid:
-            return p
-    raise InputError(f"partition '{pid}' is not in the manifest "
-                     f"(has {[p['id'] for p in manifest['partitions']]})",
-                     hint="re-run the partition stage, or target an existing partition")

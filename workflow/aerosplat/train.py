@@ -36,7 +36,7 @@ from PIL import Image
 
 from .errors import InputError
 from .fileio import atomic_path, write_json
-from .partition import find_partition, load_manifest
+from .manifest import find_partition, load_manifest
 from .splats import get_rasterizer, render_view, write_ply
 
 log = logging.getLogger(__name__)
