@@ -4,7 +4,7 @@
 
 rule train:
     message:
-        "Training {wildcards.scene} partition {wildcards.pid}"
+        "Training {wildcards.scene} partition {wildcards.pid} (gpu={resources.gpu}, threads={threads}, mem_mb={resources.mem_mb})"
     input:
         manifest="results/{scene}/partitions/manifest.json",
     output:
@@ -13,9 +13,12 @@ rule train:
     params:
         pid=lambda wc: wc.pid,
         options=lambda wc: SCENES[wc.scene]["train"],
+        # Per job, so switching it off re-runs only the partitions it failed (tests only).
+        inject_failure=lambda wc: wc.pid in SCENES[wc.scene]["testing"]["fail_partitions"],
     threads: 1
     resources:
-        mem_mb=16000,
+        # Grows with each retry (`retries` in the SLURM profile) after an out-of-memory kill.
+        mem_mb=lambda wc, attempt: 16000 * attempt,
         runtime=720,
         gpu=train_gpus,
     log:
@@ -37,6 +40,7 @@ use rule train as train_monolithic with:
     params:
         pid="monolithic",
         options=lambda wc: SCENES[wc.scene]["train"],
+        inject_failure=lambda wc: "monolithic" in SCENES[wc.scene]["testing"]["fail_partitions"],
     log:
         "logs/train/{scene}/monolithic.log",
     benchmark:

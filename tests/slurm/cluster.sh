@@ -7,9 +7,11 @@
 #   tests/slurm/cluster.sh stop     stop the daemons this script started
 #   tests/slurm/cluster.sh status   sinfo + the daemons' pids
 #
-# Everything lives under $AEROSPLAT_SLURM_DIR (default: a folder in the system temp dir); nothing
-# in /etc/slurm is touched, so a machine's own SLURM set-up is left alone (clients find this one
-# through SLURM_CONF). The node advertises one GPU (gres.conf points at /dev/null) so that jobs
+# State, logs and the database live under $AEROSPLAT_SLURM_DIR (default: a folder in the system temp
+# dir). slurm.conf and gres.conf are also copied to /etc/slurm (marked as ours), because srun inside a
+# job runs with SLURM_* variables stripped by Snakemake's jobstep plugin and so reads the default
+# path; an /etc/slurm/slurm.conf that is not ours is never replaced (the script stops and says so),
+# and `stop` removes ours. The node advertises one GPU (gres.conf points at /dev/null) so that jobs
 # asking for `--gpus=1` are accepted on a CPU-only machine: that tests the request, not a GPU.
 # Daemons run as the calling user (root in CI); ports are configurable for machines that already
 # run a SLURM: AEROSPLAT_SLURM_PORT_BASE (default 6817: slurmctld, +1 slurmd, +2 slurmdbd, +3 MariaDB).
@@ -25,6 +27,8 @@ RUN=$DIR/run
 LOG=$DIR/log
 export SLURM_CONF=$ETC/slurm.conf
 PACKAGES="munge mariadb-server slurmctld slurmd slurmdbd slurm-client"
+SYSTEM_ETC=/etc/slurm
+MARKER="# written by aerosplat tests/slurm/cluster.sh"
 
 say() { echo "[slurm-test] $*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -123,6 +127,16 @@ StoragePass=slurm
 StorageLoc=slurm_acct_db
 EOF
     chmod 600 "$ETC/slurmdbd.conf"
+    local f
+    for f in slurm.conf gres.conf; do
+        if [ -e "$SYSTEM_ETC/$f" ] && ! grep -qxF "$MARKER" "$SYSTEM_ETC/$f"; then
+            die "$SYSTEM_ETC/$f exists and was not written by this script: this machine has its own SLURM set-up, which the test cluster would replace; run the SLURM tests on a machine without one"
+        fi
+    done
+    as_root mkdir -p "$SYSTEM_ETC"
+    for f in slurm.conf gres.conf; do
+        { echo "$MARKER"; cat "$ETC/$f"; } | as_root tee "$SYSTEM_ETC/$f" >/dev/null
+    done
 }
 
 start_munge() {
@@ -197,6 +211,11 @@ stop() {
         if pid=$(live_pid "$pidfile" "$name"); then
             kill "$pid"
             for _ in $(seq 50); do [ -d "/proc/$pid" ] || break; sleep 0.2; done
+        fi
+    done
+    for name in slurm.conf gres.conf; do
+        if [ -f "$SYSTEM_ETC/$name" ] && grep -qxF "$MARKER" "$SYSTEM_ETC/$name"; then
+            as_root rm -f "$SYSTEM_ETC/$name"
         fi
     done
     say "stopped (munged left running: other services may use it)"

@@ -159,3 +159,26 @@ def test_sigterm_saves_a_checkpoint_and_exits(scene, tmp_path):
     assert proc.returncode != 0 and "checkpoint saved" in err
     state = torch.load(out / "ckpt" / "last.pt", weights_only=True)
     assert state["step"] > 0
+
+
+def test_seed_points_include_what_the_partition_photos_see(tmp_path):
+    """init_points: visible adds points outside the expanded cell that >= 2 training photos see."""
+    xyz = np.array([[0.0, 0, 0],      # inside the cell
+                    [20.0, 0, 0],     # outside, seen by both cameras
+                    [20.0, 30, 0],    # outside, seen by neither
+                    [20.0, 0.5, 0],   # outside, seen by both but a poor reprojection error
+                    [0.5, 0, 0]])     # inside, poor error
+    err = np.array([0.5, 0.5, 0.5, 5.0, 5.0])
+    np.savez(tmp_path / "points.npz", xyz=xyz, rgb=np.full((5, 3), 128, np.uint8), error=err)
+    part = {"expanded_bounds": [-5, -5, 5, 5], "z_range": [-1, 1]}
+    K = np.array([[F, 0, W / 2], [0, F, H / 2], [0, 0, 1.0]])
+    # Nadir cameras 30 m up between the cell and x = 20: each sees both (17 m either side).
+    cams = [train.Camera(n, K, look_down(x, 0, 30.0, tilt=0.0), W, H) for n, x in (("a", 10.0), ("b", 12.0))]
+    counts = train.visible_count(xyz, cams)
+    assert counts.tolist() == [2, 2, 0, 2, 2]
+    cell_only, _ = train.load_points(tmp_path / "points.npz", part, 2.0)
+    visible, _ = train.load_points(tmp_path / "points.npz", part, 2.0, cams)
+    assert cell_only.tolist() == [[0, 0, 0]]
+    assert visible.tolist() == [[0, 0, 0], [20, 0, 0]]
+    only_one, _ = train.load_points(tmp_path / "points.npz", part, 2.0, cams[:1])
+    assert only_one.tolist() == [[0, 0, 0]]

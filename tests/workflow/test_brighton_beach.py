@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import laspy
 import numpy as np
@@ -10,7 +11,7 @@ import pycolmap
 import pytest
 from scipy.spatial import cKDTree
 
-from conftest import DATASETS, needs_dataset, run_snakemake
+from conftest import DATASETS, ROOT, job_counts, needs_dataset, run_snakemake
 
 pytestmark = [pytest.mark.slow, needs_dataset("brighton_beach")]
 
@@ -80,3 +81,17 @@ def test_trains_end_to_end_on_cpu_and_scores_heldout_views(brighton):
     assert metrics["heldout_psnr"] >= BRIGHTON_MIN_PSNR, metrics["heldout_images"]
     for pid, p in metrics["partitions"].items():
         assert p["device"] == "cpu" and p["train_psnr"] > metrics["heldout_psnr"]
+
+
+def test_slurm_dry_run_plans_one_gpu_training_job_per_partition(brighton):
+    """`snakemake -n --profile profiles/slurm` (forced, as everything is done): one train job per
+    partition, each asking for a GPU, then the merge and the evaluation."""
+    manifest = json.loads((brighton / "partitions" / "manifest.json").read_text())
+    pids = sorted(p["id"] for p in manifest["partitions"])
+    proc = run_snakemake(brighton.parents[1], "-n", "--forcerun", "train", "--config", 'scenes=["brighton_beach"]',
+                         profile=ROOT / "profiles" / "slurm")
+    assert job_counts(proc.stdout) == {"train": len(pids), "merge": 1, "evaluate": 1, "all": 1}
+    jobs = re.findall(r"Training brighton_beach partition (p\d+) \(gpu=(\d+), threads=(\d+), mem_mb=(\d+)\)",
+                      proc.stdout)
+    assert sorted(j[0] for j in jobs) == pids
+    assert all(gpu == "1" and int(threads) >= 1 and int(mem) >= 16000 for _, gpu, threads, mem in jobs), jobs

@@ -16,28 +16,13 @@ import numpy as np
 import pytest
 
 from aerosplat.splats import read_ply
-from conftest import ROOT, SNAKEMAKE, run_snakemake
+from conftest import ROOT, SNAKEMAKE, job_counts, run_snakemake
 
 pytestmark = pytest.mark.slow
 
 
 def _json(path):
     return json.loads(path.read_text())
-
-
-def job_counts(stdout: str) -> dict[str, int]:
-    """The 'job count' table Snakemake prints for a (dry) run."""
-    counts, inside = {}, False
-    for line in stdout.splitlines():
-        if re.match(r"^job\s+count\s*$", line):
-            inside = True
-            continue
-        m = re.match(r"^(\w+)\s+(\d+)\s*$", line.strip())
-        if inside and m:
-            if m.group(1) == "total":
-                break
-            counts[m.group(1)] = int(m.group(2))
-    return counts
 
 
 def test_manifest_partitions_the_sample(sample_run):

@@ -75,6 +75,8 @@ class TrainConfig:
     init_scale: float = 1.0
     # SfM points with a larger reprojection error are not used to initialise the Gaussians.
     init_max_reproj_px: float = 2.0
+    # Seed points: the expanded cell's only (cell), or also every point the partition's photos see (visible).
+    init_points: str = "visible"
     # Learning rates (means scaled by the partition's camera extent, decayed 100x over the run).
     lr_means: float = 1.6e-4
     lr_scales: float = 5e-3
@@ -189,15 +191,36 @@ class ImageCache:
         return self.images, self.Ks
 
 
-def load_points(points_file: Path, partition: dict, max_reproj_px: float):
-    """SfM points of the partition's expanded cell (and z range), for initialisation."""
+def visible_count(xyz: np.ndarray, cameras: list[Camera]) -> np.ndarray:
+    """How many of `cameras` see each point (in front, inside the photo): [N]."""
+    count = np.zeros(xyz.shape[0], int)
+    hom = np.concatenate([xyz, np.ones((xyz.shape[0], 1))], 1)
+    for cam in cameras:
+        pc = hom @ cam.w2c[:3].T
+        z = pc[:, 2]
+        uv = pc[:, :2] @ cam.K[:2, :2].T / np.maximum(z, 1e-9)[:, None] + cam.K[:2, 2]
+        count += ((z > 0.01) & (uv[:, 0] >= 0) & (uv[:, 0] < cam.width)
+                  & (uv[:, 1] >= 0) & (uv[:, 1] < cam.height))
+    return count
+
+
+def load_points(points_file: Path, partition: dict, max_reproj_px: float,
+                cameras: list[Camera] | None = None, min_views: int = 2):
+    """SfM points that seed the partition: those of its expanded cell (and z range) and, given its
+    training `cameras`, every other point at least `min_views` of them see (VastGaussian's
+    coverage-based selection). A partition's photos show more than its cell (obliques, the edges
+    of nadir shots); with nothing there to explain those pixels, the optimiser bends the cell's own
+    Gaussians into floaters. merge keeps only the Gaussians centred in the cell."""
     data = np.load(points_file)
     xyz, rgb, err = data["xyz"], data["rgb"], data["error"]
     b = partition["expanded_bounds"]
     z0, z1 = partition["z_range"]
     margin = 0.2 * max(z1 - z0, 1.0)
     keep = ((xyz[:, 0] >= b[0]) & (xyz[:, 0] <= b[2]) & (xyz[:, 1] >= b[1]) & (xyz[:, 1] <= b[3])
-            & (xyz[:, 2] >= z0 - margin) & (xyz[:, 2] <= z1 + margin) & (err <= max_reproj_px))
+            & (xyz[:, 2] >= z0 - margin) & (xyz[:, 2] <= z1 + margin))
+    if cameras:
+        keep |= visible_count(xyz, cameras) >= min_views
+    keep &= err <= max_reproj_px
     return xyz[keep], rgb[keep]
 
 
@@ -362,7 +385,8 @@ def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metri
     cameras = load_cameras(manifest, part["images"])
     if len(cameras) < 1:
         raise InputError(f"partition {pid} has no training images", path=str(manifest_path))
-    xyz, rgb = load_points(root / manifest["points"], part, cfg.init_max_reproj_px)
+    xyz, rgb = load_points(root / manifest["points"], part, cfg.init_max_reproj_px,
+                           cameras if cfg.init_points == "visible" else None)
     centers = np.array([-c.w2c[:3, :3].T @ c.w2c[:3, 3] for c in cameras])
     scene_scale = float(np.linalg.norm(centers - centers.mean(0), axis=1).max() * 1.1) or 1.0
 
