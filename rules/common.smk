@@ -11,8 +11,6 @@ from aerosplat.crs import parse_delivery_crs
 from aerosplat.errors import InputError
 
 BASE = Path(workflow.basedir)
-# The conda envs' post-deploy scripts install the aerosplat package from this checkout.
-os.environ["AEROSPLAT_ROOT"] = str(BASE)
 SCHEMA = BASE / "config" / "schema.yaml"
 SCENES_DIR = Path(config.get("scenes_dir") or BASE / "config" / "scenes")
 

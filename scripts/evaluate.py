@@ -1,6 +1,7 @@
 """Rule evaluate: held-out PSNR/SSIM of the merged model, seams, monolithic comparison."""
 from pathlib import Path
 
+import _repo_path  # noqa: F401  (the aerosplat package from this checkout, in any env)
 from aerosplat.logs import setup_rule_logging
 
 setup_rule_logging(snakemake.log[0])

@@ -1,6 +1,7 @@
 """Rule merge: partitions cropped to their cells, concatenated into one PLY."""
 from pathlib import Path
 
+import _repo_path  # noqa: F401  (the aerosplat package from this checkout, in any env)
 from aerosplat.logs import setup_rule_logging
 
 setup_rule_logging(snakemake.log[0])

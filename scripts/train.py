@@ -1,4 +1,5 @@
 """Rule train / train_monolithic: Gaussian splatting of one partition."""
+import _repo_path  # noqa: F401  (the aerosplat package from this checkout, in any env)
 from aerosplat.logs import setup_rule_logging
 
 setup_rule_logging(snakemake.log[0])
