@@ -155,14 +155,14 @@ start_munge() {
 
 start_mariadb() {
     local data=$DIR/mysql
-    if [ -n "$(live_pid "$RUN/mariadb.pid" mariadbd)" ]; then return 0; fi
+    if [ -n "$(live_pid "$RUN/mariadbd.pid" mariadbd)" ]; then return 0; fi
     if [ ! -d "$data/mysql" ]; then
         mariadb-install-db --no-defaults --user="$(id -un)" --datadir="$data" \
             --auth-root-authentication-method=socket --skip-test-db >"$LOG/mariadb-install.log" 2>&1 \
             || die "mariadb-install-db failed (see $LOG/mariadb-install.log)"
     fi
     mariadbd --no-defaults --user="$(id -un)" --datadir="$data" --socket="$RUN/mysql.sock" \
-        --port=$((PORT + 3)) --bind-address=127.0.0.1 --pid-file="$RUN/mariadb.pid" \
+        --port=$((PORT + 3)) --bind-address=127.0.0.1 --pid-file="$RUN/mariadbd.pid" \
         --log-error="$LOG/mariadb.log" --innodb-buffer-pool-size=64M >/dev/null 2>&1 &
     wait_for 60 MariaDB mariadb --no-defaults --socket="$RUN/mysql.sock" -u root -e 'select 1'
     mariadb --no-defaults --socket="$RUN/mysql.sock" -u root <<'EOF'
@@ -206,9 +206,7 @@ start() {
 stop() {
     local name pid
     for name in slurmd slurmctld slurmdbd mariadbd; do
-        local pidfile=$RUN/$name.pid
-        [ "$name" = mariadbd ] && pidfile=$RUN/mariadb.pid
-        if pid=$(live_pid "$pidfile" "$name"); then
+        if pid=$(live_pid "$RUN/$name.pid" "$name"); then
             kill "$pid"
             for _ in $(seq 50); do [ -d "/proc/$pid" ] || break; sleep 0.2; done
         fi
@@ -223,10 +221,9 @@ stop() {
 
 status() {
     local name
-    for name in slurmdbd slurmctld slurmd; do
+    for name in mariadbd slurmdbd slurmctld slurmd; do
         echo "$name: $(live_pid "$RUN/$name.pid" "$name" || echo 'not running')"
     done
-    echo "mariadbd: $(live_pid "$RUN/mariadb.pid" mariadbd || echo 'not running')"
     sinfo
 }
 
