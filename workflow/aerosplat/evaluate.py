@@ -93,6 +93,21 @@ def score_model(splats: dict, manifest: dict, cameras, image_dir: Path, scale: f
     return rows
 
 
+def half_fit_psnr(render: torch.Tensor, photo: torch.Tensor) -> tuple[float, float]:
+    """The appearance protocol for models with a per-image appearance embedding: a per-channel gain
+    and offset (what our embedding can express) fitted by least squares on the left half of the
+    held-out photo, PSNR on the right half. Returns (fitted, raw) right-half PSNR."""
+    w = render.shape[1] // 2
+    left_r, left_p = render[:, :w].reshape(-1, 3).double(), photo[:, :w].reshape(-1, 3).double()
+    right_r, right_p = render[:, w:], photo[:, w:]
+    out = []
+    for c in range(3):
+        A = torch.stack([left_r[:, c], torch.ones_like(left_r[:, c])], 1)
+        gain, offset = torch.linalg.lstsq(A, left_p[:, c:c + 1]).solution[:, 0]
+        out.append(right_r[..., c] * float(gain) + float(offset))
+    return psnr(torch.stack(out, -1), right_p), psnr(right_r, right_p)
+
+
 def _mean(rows, key, where=lambda r: True):
     vals = [r[key] for r in rows if where(r)]
     return round(float(np.mean(vals)), 4) if vals else None

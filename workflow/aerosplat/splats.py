@@ -106,7 +106,7 @@ def get_rasterizer(device: str):
 
 def render_view(splats: dict[str, torch.Tensor], K, w2c, width: int, height: int,
                 sh_degree: int | None = None, render_mode: str = "RGB", rasterizer=None,
-                background=None, camera_model: str = "pinhole"):
+                background=None, camera_model: str = "pinhole", rasterize_mode: str = "classic"):
     """Render one camera. K [3,3] and w2c [3,4] or [4,4] as arrays or tensors (a tensor w2c keeps
     its autograd graph, e.g. for pose refinement).
 
@@ -128,5 +128,5 @@ def render_view(splats: dict[str, torch.Tensor], K, w2c, width: int, height: int
         opacities=torch.sigmoid(splats["opacities"]), colors=colors,
         viewmats=w2c[None], Ks=K[None], width=width, height=height,
         sh_degree=sh_degree, packed=False, render_mode=render_mode, backgrounds=bg,
-        camera_model=camera_model)
+        camera_model=camera_model, rasterize_mode=rasterize_mode)
     return img[0], alpha[0], meta

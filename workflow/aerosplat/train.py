@@ -37,6 +37,7 @@ from PIL import Image
 from .errors import InputError
 from .fileio import atomic_path, write_json
 from .manifest import find_partition, load_manifest
+from .mvs import DepthPrior, MVSConfig, compute_depth_prior, voxel_downsample
 from .splats import get_rasterizer, render_view, write_ply
 
 log = logging.getLogger(__name__)
@@ -84,9 +85,28 @@ class TrainConfig:
     lr_opacities: float = 5e-2
     lr_sh0: float = 2.5e-3
     lr_shN: float = 2.5e-3 / 20
+    # simple_trainer's regularisers (its MCMC settings use 0.01 each): mean opacity, mean scale.
+    opacity_reg: float = 0.0
+    scale_reg: float = 0.0
     # Per-image affine colour correction (mean over training images held at identity).
     appearance: bool = True
     lr_appearance: float = 1e-3
+    # Geometry prior (see aerosplat.mvs): plane-sweep depth of every training view, confirmed
+    # across views. `mvs` computes it; `none` trains from the photos alone.
+    depth_prior: str = "mvs"
+    # Weight of the relative-L1 loss between rendered expected depth and the prior (0 = off).
+    depth_weight: float = 0.1
+    # Seed the Gaussians from the prior's fused points (one per voxel of `dense_init_voxel_px`
+    # ground pixels) as well as from the SfM points.
+    dense_init: bool = True
+    dense_init_voxel_px: float = 2.0
+    # Longest side of the images the plane sweep runs on.
+    mvs_max_size: int = 480
+    # Penalty on Gaussians longer than `max_anisotropy` times their width (needles); 0 = off.
+    anisotropy_weight: float = 0.0
+    max_anisotropy: float = 10.0
+    # classic or antialiased (gsplat's rasterize_mode).
+    rasterize_mode: str = "classic"
     # Per-image camera pose refinement.
     pose_refinement: bool = False
     lr_pose: float = 1e-5
@@ -227,14 +247,14 @@ def load_points(points_file: Path, partition: dict, max_reproj_px: float,
 # ----------------------------------------------------------------------------- model
 
 
-def knn_mean_distance(xyz: torch.Tensor, k: int = 3, chunk: int = 4096) -> torch.Tensor:
-    """Mean distance to the k nearest other points ([N]), chunked so memory stays bounded."""
-    out = []
-    for i in range(0, xyz.shape[0], chunk):
-        d = torch.cdist(xyz[i:i + chunk], xyz)
-        d = d.topk(min(k + 1, xyz.shape[0]), largest=False).values[:, 1:]
-        out.append(d.mean(1))
-    return torch.cat(out)
+def knn_mean_distance(xyz: torch.Tensor, k: int = 3) -> torch.Tensor:
+    """Mean distance to the k nearest other points ([N]), by k-d tree (dense seeds run to 10^5-10^6)."""
+    from scipy.spatial import cKDTree
+
+    pts = xyz.detach().cpu().numpy().astype(np.float64)
+    k = min(k, max(len(pts) - 1, 1))
+    d, _ = cKDTree(pts).query(pts, k=k + 1)
+    return torch.as_tensor(np.asarray(d).reshape(len(pts), -1)[:, 1:].mean(1), dtype=torch.float32)
 
 
 def init_splats(xyz: np.ndarray, rgb: np.ndarray, cfg: TrainConfig, device) -> dict:
@@ -329,6 +349,36 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
                  size_average=True)
 
 
+def dense_seed(prior: DepthPrior, images, cameras, xyz, rgb, voxel_px: float):
+    """The SfM seed points plus the depth prior's confirmed pixels, one per voxel of `voxel_px`
+    ground pixels (the ground sampling distance at the views' median depth)."""
+    dense_xyz, dense_rgb = prior.points([im.cpu() for im in images], [c.w2c for c in cameras])
+    if len(dense_xyz) == 0:
+        log.warning("depth prior confirmed no pixel: seeding from the SfM points only")
+        return xyz, rgb
+    depth = float(np.median(np.concatenate([d[d > 0].numpy() for d in prior.depths])))
+    gsd = depth / float(np.median([K[0, 0] for K in prior.Ks]))
+    dense_xyz, dense_rgb = voxel_downsample(dense_xyz, dense_rgb, voxel_px * gsd)
+    log.info("dense seed: %d points from the depth prior (voxel %.3f m) + %d SfM points",
+             len(dense_xyz), voxel_px * gsd, len(xyz))
+    return (np.concatenate([xyz, dense_xyz]).astype(np.float32),
+            np.concatenate([rgb, dense_rgb]).astype(np.float32))
+
+
+def depth_loss(rendered: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """Relative L1 between rendered expected depth and the prior where the prior is known."""
+    mask = prior > 0
+    if not bool(mask.any()):
+        return rendered.sum() * 0
+    return ((rendered[mask] - prior[mask]).abs() / prior[mask]).mean()
+
+
+def anisotropy_penalty(log_scales: torch.Tensor, max_ratio: float) -> torch.Tensor:
+    """Mean excess of longest/shortest axis over `max_ratio` (needle-like Gaussians)."""
+    ratio = torch.exp(log_scales.max(-1).values - log_scales.min(-1).values)
+    return (ratio - max_ratio).clamp_min(0).mean()
+
+
 # ----------------------------------------------------------------------------- loop
 
 
@@ -389,6 +439,16 @@ def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metri
                            cameras if cfg.init_points == "visible" else None)
     centers = np.array([-c.w2c[:3, :3].T @ c.w2c[:3, 3] for c in cameras])
     scene_scale = float(np.linalg.norm(centers - centers.mean(0), axis=1).max() * 1.1) or 1.0
+    cache = ImageCache(root / manifest["images_dir"], cameras, device)
+    prior = None
+    if cfg.depth_prior == "mvs" and (cfg.depth_weight > 0 or cfg.dense_init):
+        images, Ks = cache.at(cfg.image_scale)
+        prior = compute_depth_prior([im.cpu() for im in images], Ks, [c.w2c for c in cameras], xyz,
+                                    MVSConfig(max_size=cfg.mvs_max_size), device=device)
+        if cfg.dense_init:
+            xyz, rgb = dense_seed(prior, images, cameras, xyz, rgb, cfg.dense_init_voxel_px)
+    elif cfg.depth_prior not in ("mvs", "none"):
+        raise InputError(f"train.depth_prior '{cfg.depth_prior}' is not one of mvs, none")
 
     splats = init_splats(xyz, rgb, cfg, device)
     optimizers = make_optimizers(splats, cfg, scene_scale)
@@ -447,7 +507,7 @@ def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metri
     stop_requested = []
     previous = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
     means_decay = 0.01 ** (1.0 / max(cfg.steps, 1))  # the checkpoint's optimizer state holds the decayed lr
-    cache = ImageCache(root / manifest["images_dir"], cameras, device)
+    use_depth = prior is not None and cfg.depth_weight > 0
     log.info("training %s on %s: %d images, %d initial Gaussians, %d steps, scene scale %.1f m",
              pid, device, len(cameras), splats["means"].shape[0], cfg.steps, scene_scale)
     t_loop, steps_done, recent = time.time(), 0, []
@@ -466,13 +526,25 @@ def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metri
             viewmat = w2cs[i]
             if cfg.pose_refinement:
                 viewmat = extras["pose"](viewmat, i)
-            img, _, info = render_view(splats, Ks[i], viewmat, w, h, sh_degree=sh_degree,
-                                       rasterizer=rasterize)
+            out, _, info = render_view(splats, Ks[i], viewmat, w, h, sh_degree=sh_degree,
+                                       rasterizer=rasterize,
+                                       render_mode="RGB+ED" if use_depth else "RGB",
+                                       rasterize_mode=cfg.rasterize_mode)
+            img = out[..., :3]
             if cfg.appearance:
                 img = extras["appearance"](img, i)
             strategy.step_pre_backward(splats, optimizers, strat_state, step, info)
             l1 = F.l1_loss(img, gt)
             loss = (1 - cfg.ssim_lambda) * l1 + cfg.ssim_lambda * (1 - ssim(img, gt))
+            if use_depth:
+                loss = loss + cfg.depth_weight * depth_loss(out[..., 3], prior.at(i, w, h).to(device))
+            if cfg.opacity_reg > 0:
+                loss = loss + cfg.opacity_reg * torch.sigmoid(splats["opacities"]).mean()
+            if cfg.scale_reg > 0:
+                loss = loss + cfg.scale_reg * torch.exp(splats["scales"]).mean()
+            if cfg.anisotropy_weight > 0:
+                loss = loss + cfg.anisotropy_weight * anisotropy_penalty(splats["scales"],
+                                                                         cfg.max_anisotropy)
             loss.backward()
             for opt in list(optimizers.values()) + list(extra_opts.values()):
                 opt.step()
@@ -508,7 +580,7 @@ def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metri
         for i in range(len(cameras)):
             h, w = images[i].shape[:2]
             img, _, _ = render_view(splats, Ks[i], w2cs[i], w, h, sh_degree=cfg.sh_degree,
-                                    rasterizer=rasterize)
+                                    rasterizer=rasterize, rasterize_mode=cfg.rasterize_mode)
             if cfg.appearance:
                 img = extras["appearance"](img, i)
             scores.append(psnr(img, images[i]))
@@ -525,6 +597,8 @@ def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metri
         "train_psnr": float(np.mean(scores)),
         "image_size": [int(images[0].shape[1]), int(images[0].shape[0])],
         "train_seconds": round(train_seconds, 2),
+        "depth_prior": None if prior is None else {
+            "seconds": round(prior.seconds, 2), "confirmed_pixel_share": round(prior.valid_share(), 4)},
         "iterations_per_second": round(steps_done / max(train_seconds, 1e-9), 3),
         "seconds": round(time.time() - t_start, 2),
         "config": asdict(cfg),
