@@ -68,10 +68,28 @@ def choose_split(manifest: dict, split: str) -> tuple[list[str], list[str]]:
         held = names[::5]
         return [n for n in names if n not in held], held
     if split == "thin-nadir":
-        nadir = sorted(n for n, c in manifest["cameras"].items()
-                       if np.asarray(c["w2c"], float)[2, 2] < -np.cos(np.radians(15)))
-        return nadir[0::2], nadir[1::2]
+        return thin_nadir(manifest)
     raise InputError(f"--split {split}: expected standard, thin-nadir or validation")
+
+
+def thin_nadir(manifest: dict) -> tuple[list[str], list[str]]:
+    """Nadir views in flight order: every second one trains; held out are the others that lie
+    between two training views (within a quarter of their spacing of the midpoint) - the views a
+    sparse flight must interpolate. Line ends are not held out: part of them no training photo shows."""
+    cams = manifest["cameras"]
+    nadir = sorted(n for n, c in cams.items() if np.asarray(c["w2c"], float)[2, 2] < -np.cos(np.radians(15)))
+
+    def centre(n):
+        w2c = np.asarray(cams[n]["w2c"], float)
+        return -w2c[:3, :3].T @ w2c[:3, 3]
+
+    train_names = nadir[0::2]
+    held = []
+    for i in range(1, len(nadir) - 1, 2):
+        a, b, c = centre(nadir[i - 1]), centre(nadir[i]), centre(nadir[i + 1])
+        if np.linalg.norm(b - (a + c) / 2) <= 0.25 * np.linalg.norm(c - a):
+            held.append(nadir[i])
+    return train_names, held
 
 
 def bench_manifest(manifest: dict, part_dir: Path, train_names, heldout) -> dict:
@@ -92,49 +110,23 @@ def bench_manifest(manifest: dict, part_dir: Path, train_names, heldout) -> dict
     return out
 
 
-class Truth:
-    """Depth truth for a view: a DSM ray-cast (synthetic scenes) or a reference cloud z-buffer."""
-
-    def __init__(self, scene_cfg: dict, scene_results: Path, origin: np.ndarray):
-        self.kind, self.note = None, None
-        truth_dir = scene_cfg.get("truth")
-        if truth_dir:
-            truth_dir = Path(str(truth_dir).replace("{synthetic}", str(scene_results / "synthetic")))
-            if not truth_dir.is_absolute():
-                truth_dir = ROOT / truth_dir
-        images = scene_cfg.get("images")
-        laz = (ROOT / images).parent / "reference" / "model.laz" if images and "{" not in images else None
-        if truth_dir and (truth_dir / "dsm.tif").exists():
-            import rasterio
-
-            with rasterio.open(truth_dir / "dsm.tif") as ds:
-                self.dsm = ds.read(1).astype(np.float64) - origin[2]
-                tr = ds.transform
-                self.x0, self.y0, self.cell = tr.c - origin[0], tr.f - origin[1], tr.a
-            self.kind, self.note = "dsm", f"{truth_dir / 'dsm.tif'} ray-cast into each view"
-        elif laz is not None and laz.exists():
-            import laspy
-
-            cloud = laspy.read(laz)
-            self.xyz = np.stack([cloud.x, cloud.y, cloud.z], 1) - origin
-            sfm = np.load(scene_results / "partitions" / "points.npz")["xyz"]
-            sub = self.xyz[:: max(1, len(self.xyz) // 200_000)]
-            self.shift = depthmaps.align_translation(sub, sfm)
-            self.xyz = self.xyz + self.shift
-            self.kind = "reference_cloud"
-            self.note = (f"{laz.relative_to(ROOT) if laz.is_relative_to(ROOT) else laz.name} z-buffered into each "
-                         f"view after a translation of {np.round(self.shift, 3).tolist()} m onto our SfM points")
-
-    def depth(self, K, w2c, w, h):
-        if self.kind == "dsm":
-            return depthmaps.heightfield_depth(K, w2c, w, h, self.dsm, self.x0, self.y0, self.cell,
-                                               float(np.nanmin(self.dsm)) - 1, float(np.nanmax(self.dsm)) + 1)
-        if self.kind == "reference_cloud":
-            return depthmaps.points_depth(K, w2c, w, h, self.xyz)
-        return None
+def scene_truth(scene_cfg: dict, scene_results: Path, origin: np.ndarray):
+    """The scene's DSM truth (synthetic) or its reference cloud beside the images; None if neither."""
+    truth_dir = scene_cfg.get("truth")
+    if truth_dir:
+        truth_dir = Path(str(truth_dir).replace("{synthetic}", str(scene_results / "synthetic")))
+        truth_dir = truth_dir if truth_dir.is_absolute() else ROOT / truth_dir
+        if (truth_dir / "dsm.tif").exists():
+            return depthmaps.DepthTruth.from_dsm(truth_dir / "dsm.tif", origin)
+    images = scene_cfg.get("images")
+    laz = (ROOT / images).parent / "reference" / "model.laz" if images and "{" not in images else None
+    if laz is not None and laz.exists():
+        sfm = np.load(scene_results / "partitions" / "points.npz")["xyz"]
+        return depthmaps.DepthTruth.from_cloud(laz, origin, sfm)
+    return None
 
 
-def score_heldout(splats, manifest, names, image_dir, scale, truth: Truth, out_dir: Path) -> dict:
+def score_heldout(splats, manifest, names, image_dir, scale, truth, out_dir: Path) -> dict:
     rows = []
     for cam in train.load_cameras(manifest, names):
         K, w, h = cam.scaled(scale)
@@ -148,7 +140,7 @@ def score_heldout(splats, manifest, names, image_dir, scale, truth: Truth, out_d
         row = {"name": cam.name, "psnr": round(train.psnr(img, gt), 4),
                "ssim": round(float(train.ssim(img, gt)), 5),
                "psnr_right_half_raw": round(right_raw, 4), "psnr_right_half_fitted": round(fitted, 4)}
-        true = truth.depth(K, cam.w2c, w, h) if truth.kind else None
+        true = truth.depth(K, cam.w2c, w, h) if truth else None
         if true is not None:
             for kind in ("median", "expected"):
                 row[f"depth_{kind}"] = depthmaps.depth_errors(depths[kind], true)
@@ -210,7 +202,7 @@ def main(argv=None) -> int:
     bman_path = work / "manifest.json"
     bman_path.write_text(json.dumps(bman, indent=1))
     frame = json.loads((scene_results / "georef" / "frame.json").read_text())
-    truth = Truth(scene_cfg, scene_results, np.asarray(frame["origin"], float))
+    truth = scene_truth(scene_cfg, scene_results, np.asarray(frame["origin"], float))
 
     overrides = {}
     for item in args.set:
@@ -218,7 +210,7 @@ def main(argv=None) -> int:
         overrides[key] = json.loads(value)
     result = {"scene": args.scene, "split": args.split, "device": None, "image_size": None,
               "steps": steps, "train_images": train_names, "heldout_images": heldout,
-              "depth_truth": truth.note, "command": "python bench/quality.py " + " ".join(argv or sys.argv[1:])}
+              "depth_truth": truth.note if truth else None, "command": "python bench/quality.py " + " ".join(argv or sys.argv[1:])}
     variants = {}
     for name in args.variants.split(","):
         if name not in PRESETS:

@@ -148,14 +148,21 @@ def test_checkpoint_of_another_configuration_is_not_resumed(scene, tmp_path):
 
 def test_sigterm_saves_a_checkpoint_and_exits(scene, tmp_path):
     out = tmp_path / "term"
-    code = ("import torch; torch.set_num_threads(1); from aerosplat import train; "
+    code = ("import logging, torch; logging.basicConfig(level=logging.INFO); torch.set_num_threads(1); "
+            "from aerosplat import train; "
             f"train.train_partition({str(scene / 'manifest.json')!r}, 'p00', "
             f"train.TrainConfig(**{{**{CFG!r}, 'steps': 100000, 'checkpoint_every': 0}}), "
             f"{str(out / 'splats.ply')!r}, {str(out / 'metrics.json')!r})")
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
-    time.sleep(6)
+    seen = []
+    for line in proc.stderr:  # the depth prior comes first; signal once the loop runs
+        seen.append(line)
+        if "training p00 on" in line:
+            break
+    time.sleep(3)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
+    err = "".join(seen) + err
     assert proc.returncode != 0 and "checkpoint saved" in err
     state = torch.load(out / "ckpt" / "last.pt", weights_only=True)
     assert state["step"] > 0

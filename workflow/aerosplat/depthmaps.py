@@ -214,3 +214,43 @@ def write_view_depths(out_dir: Path, name: str, depths: dict, K, w2c, frame: str
             "frame": frame})
         paths.append(p)
     return paths
+
+
+class DepthTruth:
+    """Independent depth for any view of a scene, in the local frame: a DSM heightfield ray-cast
+    (synthetic scenes: `truth/dsm.tif`) or a reference point cloud z-buffered into the view (a LAS/LAZ
+    from another tool, first moved onto our SfM points by a translation, since both are georeferenced
+    by consumer GPS and disagree by metres)."""
+
+    def __init__(self, kind: str, note: str, **data):
+        self.kind, self.note = kind, note
+        self.__dict__.update(data)
+
+    @classmethod
+    def from_dsm(cls, dsm_path, origin) -> "DepthTruth":
+        import rasterio
+
+        with rasterio.open(dsm_path) as ds:
+            dsm = ds.read(1, masked=True).filled(np.nan).astype(np.float64) - origin[2]
+            tr = ds.transform
+        if abs(tr.a + tr.e) > 1e-9 or tr.b or tr.d:
+            raise ValueError(f"{dsm_path}: only north-up square-cell DSMs are supported")
+        return cls("dsm", f"{Path(dsm_path).name} ray-cast into each view", dsm=dsm,
+                   x0=tr.c - origin[0], y0=tr.f - origin[1], cell=tr.a)
+
+    @classmethod
+    def from_cloud(cls, laz_path, origin, sfm_points: np.ndarray) -> "DepthTruth":
+        import laspy
+
+        cloud = laspy.read(laz_path)
+        xyz = np.stack([cloud.x, cloud.y, cloud.z], 1) - origin
+        shift = align_translation(xyz[:: max(1, len(xyz) // 200_000)], sfm_points)
+        return cls("reference_cloud", f"{Path(laz_path).name} z-buffered into each view after a "
+                   f"translation of {np.round(shift, 3).tolist()} m onto our SfM points",
+                   xyz=xyz + shift, shift=shift)
+
+    def depth(self, K, w2c, width: int, height: int) -> np.ndarray:
+        if self.kind == "dsm":
+            return heightfield_depth(K, w2c, width, height, self.dsm, self.x0, self.y0, self.cell,
+                                     float(np.nanmin(self.dsm)) - 1, float(np.nanmax(self.dsm)) + 1)
+        return points_depth(K, w2c, width, height, self.xyz)

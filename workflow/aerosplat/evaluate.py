@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import depthmaps
 from .fileio import atomic_path, write_json
 from .manifest import load_manifest
 from .splats import read_ply, render_view
@@ -76,9 +77,11 @@ def score_model(splats: dict, manifest: dict, cameras, image_dir: Path, scale: f
         depth = out[..., 3].numpy() * (alpha[..., 0].numpy() > 0.5)
         shares = cell_shares(backproject(depth, K, cam.w2c)[:, :2], cells)
         order = np.sort(shares)[::-1]
+        fitted, _ = half_fit_psnr(img, gt)
         rows.append({
             "name": cam.name,
             "psnr": round(psnr(img, gt), 4),
+            "psnr_right_half_appearance_fit": round(fitted, 4),
             "ssim": round(float(ssim(img, gt)), 5),
             "cell_shares": {p["id"]: round(float(s), 3) for p, s in zip(manifest["partitions"], shares)},
             "border": bool(len(order) > 1 and order[1] >= BORDER_SHARE),
@@ -113,9 +116,39 @@ def _mean(rows, key, where=lambda r: True):
     return round(float(np.mean(vals)), 4) if vals else None
 
 
+def write_depths(splats: dict, manifest: dict, image_dir: Path, scale: float, out_dir: Path,
+                 truth: "depthmaps.DepthTruth | None" = None) -> dict:
+    """Expected and median depth of every training and held-out view as float32 TIFFs in `out_dir`;
+    with `truth`, the held-out views' depth errors (median depth against it) in metres."""
+    heldout = set(manifest["heldout"])
+    names = sorted(set(manifest["train"]) | heldout)
+    errors = []
+    for cam in load_cameras(manifest, names):
+        K, w, h = cam.scaled(scale)
+        depths = depthmaps.render_depths(splats, K, cam.w2c, w, h)
+        depthmaps.write_view_depths(out_dir, cam.name, depths, K, cam.w2c)
+        if truth is not None and cam.name in heldout:
+            true = truth.depth(K, cam.w2c, w, h)
+            err = depthmaps.depth_errors(depths["median"], true)
+            errors.append({"name": cam.name, **err,
+                           "gsd_m": round(float(np.nanmedian(true)) / K[0, 0], 4)})
+            log.info("held-out %s: median depth error %s m (GSD %.3f m)", cam.name,
+                     err["median_abs_error_m"], errors[-1]["gsd_m"])
+    out = {"views": len(names), "files": "<image stem>_expected.tif, <image stem>_median.tif",
+           "image_scale": scale}
+    if errors:
+        vals = [e["median_abs_error_m"] for e in errors if e["median_abs_error_m"] is not None]
+        out.update({"truth": truth.note, "heldout": errors,
+                    "heldout_median_abs_error_m": round(float(np.median(vals)), 4) if vals else None,
+                    "gsd_m": round(float(np.median([e["gsd_m"] for e in errors])), 4)})
+    return out
+
+
 def evaluate(manifest_path, merged_ply, metrics_out, renders_dir, train_cfg: TrainConfig,
-             monolithic_ply=None, partition_metrics: dict[str, str] | None = None) -> dict:
-    """Rule `evaluate`: `merged/metrics.json` with held-out PSNR/SSIM, seams and the comparison."""
+             monolithic_ply=None, partition_metrics: dict[str, str] | None = None,
+             depth_dir=None, truth_dsm=None, frame=None) -> dict:
+    """Rule `evaluate`: `merged/metrics.json` with held-out PSNR/SSIM, seams and the comparison;
+    with `depth_dir`, every view's depth (scored against `truth_dsm` when the scene has one)."""
     t0 = time.time()
     manifest_path = Path(manifest_path)
     manifest = load_manifest(manifest_path)
@@ -129,6 +162,9 @@ def evaluate(manifest_path, merged_ply, metrics_out, renders_dir, train_cfg: Tra
     metrics = {
         "heldout_psnr": _mean(rows, "psnr"),
         "heldout_ssim": _mean(rows, "ssim"),
+        "heldout_psnr_right_half_appearance_fit": _mean(rows, "psnr_right_half_appearance_fit"),
+        "appearance_protocol": "raw: no appearance correction; right_half_appearance_fit: per-channel "
+                               "gain/offset fitted on the photo's left half, PSNR on its right half",
         "heldout_lpips": None,
         "heldout_lpips_note": lpips_status(),
         "heldout_images": rows,
@@ -149,6 +185,14 @@ def evaluate(manifest_path, merged_ply, metrics_out, renders_dir, train_cfg: Tra
         metrics["monolithic_heldout_ssim"] = _mean(mono, "ssim")
         metrics["partitioned_minus_monolithic_db"] = round(
             metrics["heldout_psnr"] - metrics["monolithic_heldout_psnr"], 4)
+    if depth_dir is not None:
+        truth = None
+        if truth_dsm and frame:
+            origin = np.asarray(json.loads(Path(frame).read_text())["origin"], float)
+            truth = depthmaps.DepthTruth.from_dsm(truth_dsm, origin)
+        with atomic_path(depth_dir) as tmp_depth:
+            metrics["depth"] = write_depths(splats, manifest, image_dir, train_cfg.image_scale,
+                                            Path(tmp_depth), truth)
     if partition_metrics:
         metrics["partitions"] = {pid: {k: json.loads(Path(f).read_text()).get(k) for k in
                                        ("train_psnr", "num_gaussians", "num_images", "seconds",

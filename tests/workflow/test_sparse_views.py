@@ -1,0 +1,52 @@
+"""Sparse-view quality: depth per view from the workflow, and our trainer against the plain gsplat loop
+on the sample thinned to every second nadir photo (bench/quality.py, the same command as the
+committed figures in bench/results/)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def test_every_view_gets_expected_and_median_depth_scored_against_the_true_dsm(sample_run):
+    from aerosplat.depthmaps import read_depth_tiff
+
+    res = sample_run / "results/sample"
+    manifest = json.loads((res / "partitions/manifest.json").read_text())
+    metrics = json.loads((res / "merged/metrics.json").read_text())
+    names = sorted(set(manifest["train"]) | set(manifest["heldout"]))
+    files = sorted(p.name for p in (res / "merged/depth").iterdir())
+    assert files == sorted(f"{n.rsplit('.', 1)[0]}_{k}.tif" for n in names for k in ("expected", "median"))
+    depth, meta = read_depth_tiff(res / "merged/depth" / f"{manifest['heldout'][1].rsplit('.', 1)[0]}_median.tif")
+    assert depth.dtype == np.float32 and meta["units"] == "metre"
+    assert 40 < np.nanmedian(depth) < 80  # the flight is 60 m above the ground
+    d = metrics["depth"]
+    assert d["views"] == len(names) and len(d["heldout"]) == len(manifest["heldout"])
+    # Held-out median depth within two ground pixels of the true DSM (median over views).
+    assert d["heldout_median_abs_error_m"] <= 2 * d["gsd_m"], d["heldout"]
+    # The appearance protocol is reported beside the raw figure.
+    assert metrics["heldout_psnr_right_half_appearance_fit"] > 0
+
+
+def test_thinned_sample_ours_beats_the_plain_loop_by_3_db(sample_run, tmp_path):
+    out = tmp_path / "thin.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "quality.py"), "--scene", "sample",
+           "--results", str(sample_run / "results"), "--split", "thin-nadir", "--steps", "1500",
+           "--variants", "plain,plain_mcmc,ours", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r = json.loads(out.read_text())
+    assert len(r["train_images"]) == 12 and len(r["heldout_images"]) == 12
+    assert not set(r["train_images"]) & set(r["heldout_images"])
+    plain, ours = r["plain"], r["ours"]
+    assert plain["heldout_psnr"] == max(v["heldout_psnr"] for k, v in r["variants"].items() if k != "ours")
+    assert ours["heldout_psnr"] >= plain["heldout_psnr"] + 3.0, (ours["heldout_psnr"], plain["heldout_psnr"])
+    assert ours["heldout_ssim"] > plain["heldout_ssim"]
+    assert ours["depth_median_abs_error_m"] <= 2 * ours["gsd_m"], (ours["depth_median_abs_error_m"], ours["gsd_m"])
+    assert ours["depth_median_abs_error_m"] < plain["depth_median_abs_error_m"]
