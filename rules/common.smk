@@ -114,6 +114,9 @@ def get_evaluate_inputs(wildcards):
     }
     if SCENES[scene]["evaluate"]["compare_monolithic"]:
         inputs["monolithic"] = f"results/{scene}/monolithic/splats.ply"
+    if SCENES[scene]["truth"]:
+        inputs["truth"] = SCENES[scene]["truth"]
+        inputs["frame"] = f"results/{scene}/georef/frame.json"
     return inputs
 
 

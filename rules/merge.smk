@@ -32,6 +32,7 @@ rule evaluate:
     output:
         metrics="results/{scene}/merged/metrics.json",
         renders=directory("results/{scene}/merged/heldout"),
+        depth=directory("results/{scene}/merged/depth"),
     params:
         options=lambda wc: SCENES[wc.scene]["train"],
     threads: 2

@@ -19,4 +19,7 @@ evaluate.evaluate(
     train.TrainConfig.from_config(snakemake.params.options),
     monolithic_ply=snakemake.input.get("monolithic"),
     partition_metrics={Path(f).parent.name: f for f in snakemake.input.partition_metrics},
+    depth_dir=snakemake.output.depth,
+    truth_dsm=(Path(snakemake.input.truth) / "dsm.tif") if snakemake.input.get("truth") else None,
+    frame=snakemake.input.get("frame"),
 )

@@ -115,6 +115,19 @@ def test_prior_resamples_to_training_levels_and_fuses_points(prior_and_truth):
     assert np.median(np.abs(xyz[ground, 2])) < 0.1  # fused points lie on the ground
 
 
+def test_fill_seeds_the_unconfirmed_ground_at_a_plausible_height(prior_and_truth):
+    cams, prior, truths, flat = prior_and_truth
+    images, _ = render_scene(cams)
+    w2cs = [c[1] for c in cams]
+    confirmed, _ = prior.points(images, w2cs, stride=4)
+    filled, _ = prior.points(images, w2cs, stride=4, fill_stride=4)
+    x0, y0, x1, y1 = flat
+    in_patch = lambda p: (p[:, 0] > x0 + 1) & (p[:, 0] < x1 - 1) & (p[:, 1] > y0 + 1) & (p[:, 1] < y1 - 1)  # noqa: E731
+    assert in_patch(filled).sum() > 5 * max(in_patch(confirmed).sum(), 1)
+    assert np.median(np.abs(filled[in_patch(filled), 2])) < 0.3  # on the ground, like its surroundings
+    assert np.isfinite(prior.filled(0).numpy()).all() and (prior.filled(0).numpy() > 0).all()
+
+
 def test_voxel_downsample_keeps_one_point_per_voxel():
     xyz = np.array([[0.1, 0.1, 0.1], [0.2, 0.2, 0.2], [1.5, 0.1, 0.1]])
     rgb = np.array([[0, 0, 0], [100, 100, 100], [255, 255, 255.0]])

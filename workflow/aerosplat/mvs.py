@@ -213,16 +213,37 @@ class DepthPrior:
             return torch.nan_to_num(med, nan=0.0)
         return F.interpolate(d[None, None], size=(h, w), mode="nearest")[0, 0]
 
-    def points(self, images: list[torch.Tensor], w2cs: list[np.ndarray], stride: int = 1):
-        """Confirmed pixels back-projected to the local frame with their photo colours: xyz, rgb."""
+    def filled(self, i: int) -> torch.Tensor:
+        """View i's depth with every unconfirmed pixel given its nearest confirmed pixel's depth:
+        a guess for water, foliage and view edges, good enough to seed Gaussians there (never
+        used as supervision)."""
+        from scipy import ndimage
+
+        d = self.depths[i].numpy()
+        valid = d > 0
+        if not valid.any():
+            return self.depths[i]
+        _, (r, c) = ndimage.distance_transform_edt(~valid, return_indices=True)
+        return torch.from_numpy(d[r, c])
+
+    def points(self, images: list[torch.Tensor], w2cs: list[np.ndarray], stride: int = 1,
+               fill_stride: int = 0):
+        """Confirmed pixels (every `stride`-th) back-projected to the local frame with their photo
+        colours: xyz, rgb. With `fill_stride`, also every `fill_stride`-th unconfirmed pixel at
+        its filled depth (see `filled`), so no part of a photo is left without a seed."""
         xyz, rgb = [], []
-        for d, K, img, w2c in zip(self.depths, self.Ks, images, w2cs):
+        for i, (d, K, img, w2c) in enumerate(zip(self.depths, self.Ks, images, w2cs)):
             h, w = d.shape
+            fill = torch.zeros(h, w, dtype=torch.bool)
+            if fill_stride:
+                fill[::fill_stride, ::fill_stride] = True
+                fill &= d <= 0
+                d = torch.where(fill, self.filled(i), d)
             Kt = torch.as_tensor(K, dtype=torch.float32)
             rays = pixel_rays(Kt, w, h)
             sel = torch.zeros(h, w, dtype=torch.bool)
             sel[::stride, ::stride] = True
-            sel = (sel & (d > 0)).reshape(-1)
+            sel = ((sel | fill) & (d > 0)).reshape(-1)
             Xc = rays[:, sel] * d.reshape(-1)[sel]
             R = torch.as_tensor(w2c[:3, :3], dtype=torch.float32)
             t = torch.as_tensor(w2c[:3, 3], dtype=torch.float32)
