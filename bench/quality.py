@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -210,7 +211,7 @@ def main(argv=None) -> int:
         overrides[key] = json.loads(value)
     result = {"scene": args.scene, "split": args.split, "device": None, "image_size": None,
               "steps": steps, "train_images": train_names, "heldout_images": heldout,
-              "depth_truth": truth.note if truth else None, "command": "python bench/quality.py " + " ".join(argv or sys.argv[1:])}
+              "depth_truth": truth.note if truth else None, "command": "python bench/quality.py " + shlex.join(argv or sys.argv[1:])}
     variants = {}
     for name in args.variants.split(","):
         if name not in PRESETS:
