@@ -226,11 +226,12 @@ class DepthPrior:
         _, (r, c) = ndimage.distance_transform_edt(~valid, return_indices=True)
         return torch.from_numpy(d[r, c])
 
-    def points(self, images: list[torch.Tensor], w2cs: list[np.ndarray], stride: int = 1,
+    def points(self, images: list[torch.Tensor], w2cs: list[np.ndarray], stride: int | None = 1,
                fill_stride: int = 0):
         """Confirmed pixels (every `stride`-th) back-projected to the local frame with their photo
-        colours: xyz, rgb. With `fill_stride`, also every `fill_stride`-th unconfirmed pixel at
-        its filled depth (see `filled`), so no part of a photo is left without a seed."""
+        colours: xyz, rgb (stride None: none of them). With `fill_stride`, also every
+        `fill_stride`-th unconfirmed pixel at its filled depth (see `filled`), so no part of a
+        photo is left without a seed."""
         xyz, rgb = [], []
         for i, (d, K, img, w2c) in enumerate(zip(self.depths, self.Ks, images, w2cs)):
             h, w = d.shape
@@ -242,7 +243,8 @@ class DepthPrior:
             Kt = torch.as_tensor(K, dtype=torch.float32)
             rays = pixel_rays(Kt, w, h)
             sel = torch.zeros(h, w, dtype=torch.bool)
-            sel[::stride, ::stride] = True
+            if stride:
+                sel[::stride, ::stride] = True
             sel = ((sel | fill) & (d > 0)).reshape(-1)
             Xc = rays[:, sel] * d.reshape(-1)[sel]
             R = torch.as_tensor(w2c[:3, :3], dtype=torch.float32)
