@@ -126,6 +126,8 @@ def test_fill_seeds_the_unconfirmed_ground_at_a_plausible_height(prior_and_truth
     assert in_patch(filled).sum() > 5 * max(in_patch(confirmed).sum(), 1)
     assert np.median(np.abs(filled[in_patch(filled), 2])) < 0.3  # on the ground, like its surroundings
     assert np.isfinite(prior.filled(0).numpy()).all() and (prior.filled(0).numpy() > 0).all()
+    only_fill, _ = prior.points(images, w2cs, stride=None, fill_stride=4)  # train.fill_seed_stride
+    assert len(only_fill) == len(filled) - len(confirmed)
 
 
 def test_voxel_downsample_keeps_one_point_per_voxel():
