@@ -10,6 +10,9 @@ degree ramped up during training, Adam per parameter group. Added for aerial sur
 - a per-image appearance (exposure/white balance) correction, an affine colour map per training
   image constrained to average to identity over the training images, so the splats keep the mean
   appearance and held-out views are rendered with no correction at all (no held-out pixel is used);
+- a geometry prior for sparse views (`aerosplat.mvs`): plane-sweep depth of every training photo,
+  kept where neighbouring photos confirm it, pulling the rendered depth towards it and optionally
+  seeding Gaussians; its effect on held-out PSNR and depth is measured in bench/results/;
 - optional camera-pose refinement;
 - periodic checkpoints (and one on SIGTERM, which SLURM sends before pre-empting a job) from which a
   re-started job resumes; a checkpoint is only resumed by a run with the same configuration and images.
