@@ -53,7 +53,7 @@ def render_depths(splats: dict, K, w2c, width: int, height: int, rasterizer=None
         onehot = torch.zeros((z.shape[0], bins + 2), device=device)
         onehot[torch.arange(z.shape[0], device=device), idx] = 1.0
         colors = torch.cat([onehot, onehot * z[:, None]], 1)
-        weights = _render_channels(splats, colors, K, w2c, width, height, rasterizer)
+        weights = render_view(splats, K, w2c, width, height, rasterizer=rasterizer, colors=colors)[0]
         w_bin, wz_bin = weights[..., :bins + 2], weights[..., bins + 2:]
         cum = w_bin.cumsum(-1)
         crossing = (cum >= 0.5).float().argmax(-1)
@@ -65,23 +65,6 @@ def render_depths(splats: dict, K, w2c, width: int, height: int, rasterizer=None
     return {"expected": expected.cpu().numpy().astype(np.float32),
             "median": median.cpu().numpy().astype(np.float32),
             "alpha": alpha.cpu().numpy().astype(np.float32)}
-
-
-def _render_channels(splats, colors, K, w2c, width, height, rasterizer):
-    from .splats import get_rasterizer
-
-    device = splats["means"].device
-    rasterizer = rasterizer or get_rasterizer(device.type)
-    K = torch.as_tensor(K, dtype=torch.float32, device=device)
-    w2c = torch.as_tensor(np.asarray(w2c), dtype=torch.float32, device=device)
-    if w2c.shape[0] == 3:
-        w2c = torch.cat([w2c, torch.tensor([[0, 0, 0, 1.0]], device=device)], 0)
-    img, _, _ = rasterizer(means=splats["means"], quats=splats["quats"],
-                           scales=torch.exp(splats["scales"]),
-                           opacities=torch.sigmoid(splats["opacities"]), colors=colors,
-                           viewmats=w2c[None], Ks=K[None], width=width, height=height,
-                           sh_degree=None, packed=False, render_mode="RGB")
-    return img[0]
 
 
 def write_depth_tiff(path, depth: np.ndarray, description: dict) -> None:

@@ -106,9 +106,11 @@ def get_rasterizer(device: str):
 
 def render_view(splats: dict[str, torch.Tensor], K, w2c, width: int, height: int,
                 sh_degree: int | None = None, render_mode: str = "RGB", rasterizer=None,
-                background=None, camera_model: str = "pinhole", rasterize_mode: str = "classic"):
+                background=None, camera_model: str = "pinhole", rasterize_mode: str = "classic",
+                colors: torch.Tensor | None = None):
     """Render one camera. K [3,3] and w2c [3,4] or [4,4] as arrays or tensors (a tensor w2c keeps
-    its autograd graph, e.g. for pose refinement).
+    its autograd graph, e.g. for pose refinement). `colors` [N, D] replaces the splats' SH colours
+    with D plain channels (sh_degree is then ignored).
 
     Returns (image [H, W, C], alpha [H, W, 1], meta).
     """
@@ -118,9 +120,12 @@ def render_view(splats: dict[str, torch.Tensor], K, w2c, width: int, height: int
     w2c = torch.as_tensor(w2c, dtype=torch.float32, device=device)
     if w2c.shape[0] == 3:
         w2c = torch.cat([w2c, torch.tensor([[0, 0, 0, 1.0]], device=device)], 0)
-    if sh_degree is None:
-        sh_degree = sh_degree_of(splats)
-    colors = torch.cat([splats["sh0"], splats["shN"]], 1)
+    if colors is not None:
+        sh_degree = None
+    else:
+        colors = torch.cat([splats["sh0"], splats["shN"]], 1)
+        if sh_degree is None:
+            sh_degree = sh_degree_of(splats)
     bg = None if background is None else torch.as_tensor(background, dtype=torch.float32,
                                                          device=device).reshape(1, -1)
     img, alpha, meta = rasterizer(
