@@ -40,7 +40,9 @@ from PIL import Image
 from .errors import InputError
 from .fileio import atomic_path, write_json
 from .manifest import find_partition, load_manifest
-from .mvs import DepthPrior, MVSConfig, compute_depth_prior, voxel_downsample
+from .consistency import multiview_loss
+from .mvs import (DepthPrior, MVSConfig, choose_neighbours, compute_depth_prior, covisibility,
+                  voxel_downsample)
 from .splats import get_rasterizer, render_view, write_ply
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,11 @@ class TrainConfig:
     fill_seed_stride: int = 0
     # Longest side of the images the plane sweep runs on.
     mvs_max_size: int = 480
+    # Weight of the multi-view photometric consistency of the rendered depth (aerosplat.consistency):
+    # each step, the best of `multiview_neighbours` overlapping photos warped into the training view
+    # through its rendered depth must match it (windowed NCC). 0 = off.
+    multiview_weight: float = 0.0
+    multiview_neighbours: int = 2
     # Penalty on Gaussians longer than `max_anisotropy` times their width (needles); 0 = off.
     anisotropy_weight: float = 0.0
     max_anisotropy: float = 10.0
@@ -375,6 +382,15 @@ def dense_seed(prior: DepthPrior, images, cameras, xyz, rgb, voxel_px: float):
             np.concatenate([rgb, dense_rgb]).astype(np.float32))
 
 
+def photo_neighbours(cameras: list[Camera], xyz: np.ndarray, n: int) -> list[list[int]]:
+    """For each training photo, the `n` others that share most of its SfM points (mvs' choice)."""
+    covis, _ = covisibility(xyz, [c.K for c in cameras], [c.w2c for c in cameras],
+                            [(c.width, c.height) for c in cameras])
+    centers = np.array([-c.w2c[:3, :3].T @ c.w2c[:3, 3] for c in cameras])
+    axes = np.array([c.w2c[2, :3] for c in cameras])
+    return choose_neighbours(centers, axes, covis, n)
+
+
 def depth_loss(rendered: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
     """Relative L1 between rendered expected depth and the prior where the prior is known."""
     mask = prior > 0
@@ -525,6 +541,8 @@ def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metri
     previous = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
     means_decay = 0.01 ** (1.0 / max(cfg.steps, 1))  # the checkpoint's optimizer state holds the decayed lr
     use_depth = prior is not None and cfg.depth_weight > 0
+    neighbours = photo_neighbours(cameras, xyz, cfg.multiview_neighbours) \
+        if cfg.multiview_weight > 0 else None
     log.info("training %s on %s: %d images, %d initial Gaussians, %d steps, scene scale %.1f m",
              pid, device, len(cameras), splats["means"].shape[0], cfg.steps, scene_scale)
     t_loop, steps_done, recent = time.time(), 0, []
@@ -543,9 +561,9 @@ def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metri
             viewmat = w2cs[i]
             if cfg.pose_refinement:
                 viewmat = extras["pose"](viewmat, i)
-            out, _, info = render_view(splats, Ks[i], viewmat, w, h, sh_degree=sh_degree,
-                                       rasterizer=rasterize,
-                                       render_mode="RGB+ED" if use_depth else "RGB",
+            out, alpha, info = render_view(splats, Ks[i], viewmat, w, h, sh_degree=sh_degree,
+                                           rasterizer=rasterize,
+                                           render_mode="RGB+ED" if use_depth or neighbours else "RGB",
                                        rasterize_mode=cfg.rasterize_mode)
             img = out[..., :3]
             if cfg.appearance:
@@ -555,6 +573,12 @@ def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metri
             loss = (1 - cfg.ssim_lambda) * l1 + cfg.ssim_lambda * (1 - ssim(img, gt))
             if use_depth:
                 loss = loss + cfg.depth_weight * depth_loss(out[..., 3], prior.at(i, w, h).to(device))
+            if neighbours and neighbours[i]:
+                Kt = torch.as_tensor(Ks[i], dtype=torch.float32, device=device)
+                srcs = [(images[j], torch.as_tensor(Ks[j], dtype=torch.float32, device=device), w2cs[j])
+                        for j in neighbours[i]]
+                loss = loss + cfg.multiview_weight * multiview_loss(out[..., 3], alpha[..., 0], gt, Kt,
+                                                                    viewmat, srcs)
             if cfg.opacity_reg > 0:
                 loss = loss + cfg.opacity_reg * torch.sigmoid(splats["opacities"]).mean()
             if cfg.scale_reg > 0:
