@@ -36,6 +36,8 @@ ROWS = {
     "ours + densify to the end": ["--set", "refine_stop_fraction=1.0"],
     "ours + anisotropy penalty": ["--set", "anisotropy_weight=0.1"],
     "ours + antialiased": ["--set", "rasterize_mode=\"antialiased\""],
+    "ours + multi-view consistency 0.1": ["--set", "multiview_weight=0.1"],
+    "ours + multi-view consistency 0.5": ["--set", "multiview_weight=0.5"],
 }
 
 

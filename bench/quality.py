@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))
@@ -45,7 +44,7 @@ sys.path.insert(0, str(ROOT / "workflow"))
 from aerosplat import depthmaps, evaluate, train  # noqa: E402
 from aerosplat.config import load_yaml  # noqa: E402
 from aerosplat.errors import InputError  # noqa: E402
-from aerosplat.splats import read_ply, render_view  # noqa: E402
+from aerosplat.splats import read_ply  # noqa: E402
 
 log = logging.getLogger("quality")
 
@@ -128,41 +127,20 @@ def scene_truth(scene_cfg: dict, scene_results: Path, origin: np.ndarray):
 
 
 def score_heldout(splats, manifest, names, image_dir, scale, truth, out_dir: Path) -> dict:
-    rows = []
-    for cam in train.load_cameras(manifest, names):
-        K, w, h = cam.scaled(scale)
-        gt = train.load_image(image_dir / cam.name, w, h)
-        with torch.no_grad():
-            img, _, _ = render_view(splats, K, cam.w2c, w, h)
-        img = img.clamp(0, 1)
-        fitted, right_raw = evaluate.half_fit_psnr(img, gt)
-        depths = depthmaps.render_depths(splats, K, cam.w2c, w, h)
-        depthmaps.write_view_depths(out_dir / "depth", cam.name, depths, K, cam.w2c)
-        row = {"name": cam.name, "psnr": round(train.psnr(img, gt), 4),
-               "ssim": round(float(train.ssim(img, gt)), 5),
-               "psnr_right_half_raw": round(right_raw, 4), "psnr_right_half_fitted": round(fitted, 4)}
-        true = truth.depth(K, cam.w2c, w, h) if truth else None
-        if true is not None:
-            for kind in ("median", "expected"):
-                row[f"depth_{kind}"] = depthmaps.depth_errors(depths[kind], true)
-            row["gsd_m"] = round(float(np.nanmedian(true)) / K[0, 0], 4)
-        rows.append(row)
-        from PIL import Image
-
-        (out_dir / "heldout").mkdir(parents=True, exist_ok=True)
-        Image.fromarray((np.concatenate([img.numpy(), gt.numpy()], 1) * 255 + 0.5).astype(np.uint8)).save(
-            out_dir / "heldout" / f"{Path(cam.name).stem}.png")
+    """The workflow's evaluation (aerosplat.evaluate) of the held-out views, in the bench's JSON."""
+    cams = train.load_cameras(manifest, names)
+    rows = evaluate.score_model(splats, manifest, cams, image_dir, scale, out_dir / "heldout")
+    depth = evaluate.write_depths(splats, manifest, image_dir, scale, out_dir / "depth", truth, names)
     mean = lambda k: round(float(np.mean([r[k] for r in rows])), 4)  # noqa: E731
     res = {"heldout_psnr": mean("psnr"), "heldout_ssim": mean("ssim"),
            "heldout_psnr_right_half_raw": mean("psnr_right_half_raw"),
-           "heldout_psnr_right_half_appearance_fit": mean("psnr_right_half_fitted"),
-           "per_view": rows}
-    if rows and "depth_median" in rows[0]:
-        vals = [r["depth_median"]["median_abs_error_m"] for r in rows if r["depth_median"]["median_abs_error_m"] is not None]
-        res["depth_median_abs_error_m"] = round(float(np.median(vals)), 4) if vals else None
-        vals = [r["depth_expected"]["median_abs_error_m"] for r in rows if r["depth_expected"]["median_abs_error_m"] is not None]
-        res["depth_expected_median_abs_error_m"] = round(float(np.median(vals)), 4) if vals else None
-        res["gsd_m"] = round(float(np.median([r["gsd_m"] for r in rows])), 4)
+           "heldout_psnr_right_half_appearance_fit": mean("psnr_right_half_appearance_fit"),
+           "per_view": [{k: v for k, v in r.items() if k not in ("cell_shares", "border")} for r in rows]}
+    if "heldout" in depth:
+        res["depth_median_abs_error_m"] = depth["heldout_median_abs_error_m"]
+        res["depth_expected_median_abs_error_m"] = depth["heldout_expected_median_abs_error_m"]
+        res["gsd_m"] = depth["gsd_m"]
+        res["depth_per_view"] = depth["heldout"]
     return res
 
 

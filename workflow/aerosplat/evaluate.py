@@ -77,10 +77,11 @@ def score_model(splats: dict, manifest: dict, cameras, image_dir: Path, scale: f
         depth = out[..., 3].numpy() * (alpha[..., 0].numpy() > 0.5)
         shares = cell_shares(backproject(depth, K, cam.w2c)[:, :2], cells)
         order = np.sort(shares)[::-1]
-        fitted, _ = half_fit_psnr(img, gt)
+        fitted, right_raw = half_fit_psnr(img, gt)
         rows.append({
             "name": cam.name,
             "psnr": round(psnr(img, gt), 4),
+            "psnr_right_half_raw": round(right_raw, 4),
             "psnr_right_half_appearance_fit": round(fitted, 4),
             "ssim": round(float(ssim(img, gt)), 5),
             "cell_shares": {p["id"]: round(float(s), 3) for p, s in zip(manifest["partitions"], shares)},
@@ -117,11 +118,12 @@ def _mean(rows, key, where=lambda r: True):
 
 
 def write_depths(splats: dict, manifest: dict, image_dir: Path, scale: float, out_dir: Path,
-                 truth: "depthmaps.DepthTruth | None" = None) -> dict:
-    """Expected and median depth of every training and held-out view as float32 TIFFs in `out_dir`;
-    with `truth`, the held-out views' depth errors (median depth against it) in metres."""
+                 truth: "depthmaps.DepthTruth | None" = None, names: list[str] | None = None) -> dict:
+    """Expected and median depth of every training and held-out view (or of `names`) as float32
+    TIFFs in `out_dir`; with `truth`, the held-out views' depth errors in metres (`median`: the
+    median-depth map, the product; `expected`: the alpha-weighted mean, which floaters pull off)."""
     heldout = set(manifest["heldout"])
-    names = sorted(set(manifest["train"]) | heldout)
+    names = sorted(set(manifest["train"]) | heldout) if names is None else list(names)
     errors = []
     for cam in load_cameras(manifest, names):
         K, w, h = cam.scaled(scale)
@@ -130,18 +132,25 @@ def write_depths(splats: dict, manifest: dict, image_dir: Path, scale: float, ou
         if truth is not None and cam.name in heldout:
             true = truth.depth(K, cam.w2c, w, h)
             err = depthmaps.depth_errors(depths["median"], true)
+            expected = depthmaps.depth_errors(depths["expected"], true)
             errors.append({"name": cam.name, **err,
+                           "expected_median_abs_error_m": expected["median_abs_error_m"],
                            "gsd_m": round(float(np.nanmedian(true)) / K[0, 0], 4)})
             log.info("held-out %s: median depth error %s m (GSD %.3f m)", cam.name,
                      err["median_abs_error_m"], errors[-1]["gsd_m"])
     out = {"views": len(names), "files": "<image stem>_expected.tif, <image stem>_median.tif",
            "image_scale": scale}
     if errors:
-        vals = [e["median_abs_error_m"] for e in errors if e["median_abs_error_m"] is not None]
         out.update({"truth": truth.note, "heldout": errors,
-                    "heldout_median_abs_error_m": round(float(np.median(vals)), 4) if vals else None,
-                    "gsd_m": round(float(np.median([e["gsd_m"] for e in errors])), 4)})
+                    "heldout_median_abs_error_m": _median(errors, "median_abs_error_m"),
+                    "heldout_expected_median_abs_error_m": _median(errors, "expected_median_abs_error_m"),
+                    "gsd_m": _median(errors, "gsd_m")})
     return out
+
+
+def _median(rows, key):
+    vals = [r[key] for r in rows if r[key] is not None]
+    return round(float(np.median(vals)), 4) if vals else None
 
 
 def evaluate(manifest_path, merged_ply, metrics_out, renders_dir, train_cfg: TrainConfig,
