@@ -107,10 +107,11 @@ def get_rasterizer(device: str):
 def render_view(splats: dict[str, torch.Tensor], K, w2c, width: int, height: int,
                 sh_degree: int | None = None, render_mode: str = "RGB", rasterizer=None,
                 background=None, camera_model: str = "pinhole", rasterize_mode: str = "classic",
-                colors: torch.Tensor | None = None):
+                colors: torch.Tensor | None = None, opacity_scale: torch.Tensor | None = None):
     """Render one camera. K [3,3] and w2c [3,4] or [4,4] as arrays or tensors (a tensor w2c keeps
     its autograd graph, e.g. for pose refinement). `colors` [N, D] replaces the splats' SH colours
-    with D plain channels (sh_degree is then ignored).
+    with D plain channels (sh_degree is then ignored). `opacity_scale` [N] multiplies the opacities
+    (clamped below 1), e.g. Gaussian dropout in training.
 
     Returns (image [H, W, C], alpha [H, W, 1], meta).
     """
@@ -128,9 +129,12 @@ def render_view(splats: dict[str, torch.Tensor], K, w2c, width: int, height: int
             sh_degree = sh_degree_of(splats)
     bg = None if background is None else torch.as_tensor(background, dtype=torch.float32,
                                                          device=device).reshape(1, -1)
+    opacities = torch.sigmoid(splats["opacities"])
+    if opacity_scale is not None:
+        opacities = (opacities * opacity_scale).clamp(max=0.999)
     img, alpha, meta = rasterizer(
         means=splats["means"], quats=splats["quats"], scales=torch.exp(splats["scales"]),
-        opacities=torch.sigmoid(splats["opacities"]), colors=colors,
+        opacities=opacities, colors=colors,
         viewmats=w2c[None], Ks=K[None], width=width, height=height,
         sh_degree=sh_degree, packed=False, render_mode=render_mode, backgrounds=bg,
         camera_model=camera_model, rasterize_mode=rasterize_mode)

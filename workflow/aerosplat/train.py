@@ -40,6 +40,7 @@ from PIL import Image
 from .errors import InputError
 from .fileio import atomic_path, write_json
 from .manifest import find_partition, load_manifest
+from .backdrop import backdrop_points
 from .consistency import multiview_loss
 from .mvs import (DepthPrior, MVSConfig, choose_neighbours, compute_depth_prior, covisibility,
                   voxel_downsample)
@@ -48,6 +49,9 @@ from .splats import get_rasterizer, render_view, write_ply
 log = logging.getLogger(__name__)
 
 SH_C0 = 0.28209479177387814
+# Opacity logit of a Gaussian outside the height band: below the rasterizer's 1/255 cut-off and the
+# strategies' pruning threshold, with room for Adam's remaining momentum.
+OUT_OF_BAND_LOGIT = -9.0
 
 
 @dataclass
@@ -109,6 +113,9 @@ class TrainConfig:
     # Without dense_init: seed only every `fill_seed_stride`-th pixel the prior could not confirm,
     # at its nearest confirmed depth (0 = off) - covers water and view edges, adds few Gaussians.
     fill_seed_stride: int = 0
+    # Backdrop (aerosplat.backdrop): seed points on the ground every `backdrop_px` ground pixels over
+    # the photos' footprints where no SfM point is near (water, shadow, flight edges); 0 = off.
+    backdrop_px: float = 0.0
     # Longest side of the images the plane sweep runs on.
     mvs_max_size: int = 480
     # Weight of the multi-view photometric consistency of the rendered depth (aerosplat.consistency):
@@ -119,6 +126,17 @@ class TrainConfig:
     # Penalty on Gaussians longer than `max_anisotropy` times their width (needles); 0 = off.
     anisotropy_weight: float = 0.0
     max_anisotropy: float = 10.0
+    # Height band: Gaussians stay within the seed points' heights (0.5-99.5 %) grown by this fraction
+    # of the flying height; any that leave it are made transparent (and pruned at the next
+    # refinement). Sparse nadir views otherwise explain what one photo shows with blobs hanging
+    # between the ground and the camera that the neighbouring photos do not see. 0 = off.
+    height_band: float = 0.0
+    # Largest Gaussian axis as a fraction of the flying height (0 = no cap).
+    max_scale: float = 0.0
+    # Gaussian dropout (DropGaussian): each step every Gaussian is left out with this probability and
+    # the others' opacity scaled by 1 / (1 - p), so no few Gaussians can each explain one training
+    # photo on their own; evaluation renders all of them. 0 = off.
+    dropout: float = 0.0
     # classic or antialiased (gsplat's rasterize_mode).
     rasterize_mode: str = "classic"
     # Per-image camera pose refinement.
@@ -465,6 +483,13 @@ def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metri
                            cameras if cfg.init_points == "visible" else None)
     centers = np.array([-c.w2c[:3, :3].T @ c.w2c[:3, 3] for c in cameras])
     scene_scale = float(np.linalg.norm(centers - centers.mean(0), axis=1).max() * 1.1) or 1.0
+    flying_height = max(float(np.median(centers[:, 2]) - np.median(xyz[:, 2])), 1e-3)
+    band = None
+    if cfg.height_band > 0:
+        lo, hi = np.percentile(xyz[:, 2], [0.5, 99.5])
+        band = (lo - cfg.height_band * flying_height, hi + cfg.height_band * flying_height)
+        log.info("height band: Gaussians kept between z %.1f and %.1f m", *band)
+    max_log_scale = math.log(cfg.max_scale * flying_height) if cfg.max_scale > 0 else None
     cache = ImageCache(root / manifest["images_dir"], cameras, device)
     prior = None
     if cfg.depth_prior == "mvs" and (cfg.depth_weight > 0 or cfg.dense_init or cfg.fill_seed_stride):
@@ -483,6 +508,14 @@ def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metri
     elif cfg.depth_prior not in ("mvs", "none"):
         raise InputError(f"train.depth_prior '{cfg.depth_prior}' is not one of mvs, none")
 
+    if cfg.backdrop_px > 0:
+        images, _ = cache.at(cfg.image_scale)
+        fx = float(np.median([c.K[0, 0] for c in cameras])) * cfg.image_scale
+        spacing = cfg.backdrop_px * flying_height / fx
+        bxyz, brgb = backdrop_points(xyz, rgb, cameras, [im.cpu().numpy() for im in images], spacing)
+        log.info("backdrop: %d ground points every %.2f m where no SfM point is", len(bxyz), spacing)
+        xyz = np.concatenate([xyz, bxyz]).astype(np.float32)
+        rgb = np.concatenate([rgb, brgb]).astype(np.float32)
     splats = init_splats(xyz, rgb, cfg, device)
     optimizers = make_optimizers(splats, cfg, scene_scale)
     strategy = make_strategy(cfg)
@@ -561,10 +594,14 @@ def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metri
             viewmat = w2cs[i]
             if cfg.pose_refinement:
                 viewmat = extras["pose"](viewmat, i)
+            keep = None
+            if cfg.dropout > 0:
+                keep = (torch.rand(splats["means"].shape[0], generator=gen) >= cfg.dropout).to(device)
+                keep = keep.float() / (1.0 - cfg.dropout)
             out, alpha, info = render_view(splats, Ks[i], viewmat, w, h, sh_degree=sh_degree,
                                            rasterizer=rasterize,
                                            render_mode="RGB+ED" if use_depth or neighbours else "RGB",
-                                       rasterize_mode=cfg.rasterize_mode)
+                                           rasterize_mode=cfg.rasterize_mode, opacity_scale=keep)
             img = out[..., :3]
             if cfg.appearance:
                 img = extras["appearance"](img, i)
@@ -592,6 +629,12 @@ def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metri
                 opt.zero_grad(set_to_none=True)
             for g in optimizers["means"].param_groups:
                 g["lr"] *= means_decay
+            with torch.no_grad():
+                if band is not None:
+                    z = splats["means"][:, 2]
+                    splats["opacities"][(z < band[0]) | (z > band[1])] = OUT_OF_BAND_LOGIT
+                if max_log_scale is not None:
+                    splats["scales"].clamp_(max=max_log_scale)
             if cfg.strategy == "mcmc":
                 strategy.step_post_backward(splats, optimizers, strat_state, step, info,
                                             lr=optimizers["means"].param_groups[0]["lr"])
