@@ -158,6 +158,8 @@ def main(argv=None) -> int:
     ap.add_argument("--label", help="name of the `ours` row (default: ours, or the --set options)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--work", type=Path, help="models and depth maps (default: beside --out)")
+    ap.add_argument("--prior-cache", type=Path, help="folder of cached depth priors, shared by runs on "
+                    "the same split and resolution (default: in --work)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -200,7 +202,7 @@ def main(argv=None) -> int:
         vdir = work / name
         t0 = time.time()
         m = train.train_partition(bman_path, "all", cfg, vdir / "splats.ply", vdir / "metrics.json",
-                                  threads=args.threads)
+                                  threads=args.threads, prior_cache=args.prior_cache or work / "depth_prior")
         seconds = time.time() - t0
         splats = read_ply(vdir / "splats.ply")
         scores = score_heldout(splats, bman, heldout, Path(bman["images_dir"]), scale, truth, vdir)

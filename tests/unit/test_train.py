@@ -189,3 +189,23 @@ def test_seed_points_include_what_the_partition_photos_see(tmp_path):
     assert visible.tolist() == [[0, 0, 0], [20, 0, 0]]
     only_one, _ = train.load_points(tmp_path / "points.npz", part, 2.0, cams[:1])
     assert only_one.tolist() == [[0, 0, 0]]
+
+
+def test_depth_prior_is_swept_once_per_set_of_photos(scene, tmp_path, monkeypatch):
+    """The plane sweep is cached under a hash of its inputs: the same photos reuse it, other ones do not."""
+    manifest = json.loads((scene / "manifest.json").read_text())
+    cams = train.load_cameras(manifest, manifest["train"])
+    images = [train.load_image(scene / "images" / c.name, c.width, c.height) for c in cams]
+    Ks = [c.K for c in cams]
+    xyz = np.load(scene / "points.npz")["xyz"]
+    calls = []
+    real = train.compute_depth_prior
+    monkeypatch.setattr(train, "compute_depth_prior", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = train.MVSConfig(max_size=64, num_planes=16)
+    first = train.cached_depth_prior(tmp_path, images, Ks, cams, xyz, cfg, "cpu")
+    again = train.cached_depth_prior(tmp_path, images, Ks, cams, xyz, cfg, "cpu")
+    assert len(calls) == 1 and len(list(tmp_path.glob("depth_prior_*.pt"))) == 1
+    assert all(torch.equal(a, b) for a, b in zip(first.depths, again.depths))
+    assert again.valid_share() == first.valid_share() > 0
+    train.cached_depth_prior(tmp_path, images[:-1], Ks[:-1], cams[:-1], xyz, cfg, "cpu")
+    assert len(calls) == 2 and len(list(tmp_path.glob("depth_prior_*.pt"))) == 2

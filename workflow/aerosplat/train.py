@@ -463,9 +463,35 @@ class Checkpoint:
         self.path.unlink(missing_ok=True)
 
 
+def cached_depth_prior(cache_dir: Path, images, Ks, cameras: list[Camera], xyz: np.ndarray,
+                       mvs_cfg: MVSConfig, device) -> DepthPrior:
+    """The plane-sweep prior (minutes on a CPU), kept in `cache_dir` under a hash of its inputs, so a
+    resumed job or another configuration on the same photos does not sweep again."""
+    key = hashlib.sha256(json.dumps([
+        [c.name for c in cameras], [np.round(K, 6).tolist() for K in Ks],
+        [np.round(c.w2c, 9).tolist() for c in cameras], [list(im.shape) for im in images],
+        float(np.asarray(xyz, np.float64).sum()), len(xyz), asdict(mvs_cfg)]).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"depth_prior_{key}.pt"
+    if path.exists():
+        try:
+            state = torch.load(path, weights_only=False)
+            log.info("depth prior: reusing %s", path)
+            return DepthPrior(**state)
+        except Exception as exc:  # an unreadable cache is only a lost shortcut
+            log.warning("depth prior cache %s unreadable (%s): sweeping again", path, exc)
+    prior = compute_depth_prior([im.cpu() for im in images], Ks, [c.w2c for c in cameras], xyz,
+                                mvs_cfg, device=device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save({"depths": [d.cpu() for d in prior.depths], "Ks": prior.Ks,
+                    "seconds": prior.seconds}, tmp)
+    return prior
+
+
 def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metrics_out,
-                    threads: int | None = None) -> dict:
-    """Train partition `pid` of the manifest; write the splats PLY and a metrics JSON."""
+                    threads: int | None = None, prior_cache: Path | None = None) -> dict:
+    """Train partition `pid` of the manifest; write the splats PLY and a metrics JSON.
+    `prior_cache`: folder for the depth prior (default: the checkpoint folder beside the outputs)."""
     t_start = time.time()
     manifest_path = Path(manifest_path)
     manifest = load_manifest(manifest_path)
@@ -494,8 +520,8 @@ def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metri
     prior = None
     if cfg.depth_prior == "mvs" and (cfg.depth_weight > 0 or cfg.dense_init or cfg.fill_seed_stride):
         images, Ks = cache.at(cfg.image_scale)
-        prior = compute_depth_prior([im.cpu() for im in images], Ks, [c.w2c for c in cameras], xyz,
-                                    MVSConfig(max_size=cfg.mvs_max_size), device=device)
+        prior = cached_depth_prior(prior_cache or Path(splats_out).parent / "ckpt", images, Ks,
+                                   cameras, xyz, MVSConfig(max_size=cfg.mvs_max_size), device)
         if cfg.dense_init:
             xyz, rgb = dense_seed(prior, images, cameras, xyz, rgb, cfg.dense_init_voxel_px)
         elif cfg.fill_seed_stride:
@@ -689,6 +715,9 @@ def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metri
     }
     write_json(metrics_out, metrics)
     ckpt.remove()
+    if prior_cache is None:  # the checkpoint folder's copy only serves a resumed run
+        for f in ckpt.path.parent.glob("depth_prior_*.pt"):
+            f.unlink()
     log.info("%s done: train PSNR %.2f dB, %d Gaussians, %.0f s", pid, metrics["train_psnr"],
              metrics["num_gaussians"], metrics["seconds"])
     return metrics
