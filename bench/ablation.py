@@ -38,6 +38,13 @@ ROWS = {
     "ours + antialiased": ["--set", "rasterize_mode=\"antialiased\""],
     "ours + multi-view consistency 0.1": ["--set", "multiview_weight=0.1"],
     "ours + multi-view consistency 0.5": ["--set", "multiview_weight=0.5"],
+    "ours + Gaussian dropout 0.2": ["--set", "dropout=0.2"],
+    "ours + Gaussian dropout 0.4": ["--set", "dropout=0.4"],
+    "ours + backdrop seeds": ["--set", "backdrop_px=8"],
+    "ours + height band": ["--set", "height_band=0.1"],
+    "ours + scale cap": ["--set", "max_scale=0.05"],
+    "ours + coarser schedule": ["--set", "resolution_schedule=[[0,0.125],[0.2,0.25],[0.45,0.5],[0.7,1.0]]"],
+    "ours + filled-depth loss": ["--set", "fill_depth_weight=0.05"],
 }
 
 

@@ -213,3 +213,21 @@ def test_depth_loss_ignores_unknown_pixels_and_anisotropy_penalises_needles():
     assert float(depth_loss(rendered, prior)) == pytest.approx(0.05)
     scales = torch.log(torch.tensor([[1.0, 1.0, 1.0], [30.0, 1.0, 1.0]]))
     assert float(anisotropy_penalty(scales, 10.0)) == pytest.approx(10.0)
+
+
+def test_fill_only_targets_the_unconfirmed_pixels_at_the_ground_truth_depth(prior_and_truth):
+    """train.fill_depth_weight's target: zero where the prior is confirmed, the nearest confirmed
+    depth elsewhere - on the textureless patch, close to the true (flat ground) depth."""
+    cams, prior, truths, flat = prior_and_truth
+    target = prior.fill_only()
+    d, t = prior.depths[0].numpy(), target.depths[0].numpy()
+    assert (t[d > 0] == 0).all() and (t[d <= 0] > 0).all()
+    K, w2c, w, h = cams[0]
+    centre, dirs = depthmaps.pixel_rays_world(K, w2c, w, h)
+    p = centre + dirs * truths[0][..., None]
+    x0, y0, x1, y1 = flat
+    inner = (p[..., 0] > x0 + 1) & (p[..., 0] < x1 - 1) & (p[..., 1] > y0 + 1) & (p[..., 1] < y1 - 1) & (d <= 0)
+    assert inner.sum() > 50
+    assert np.median(np.abs(t[inner] - truths[0][inner]) / truths[0][inner]) < 0.02
+    half = target.at(0, 80, 60)
+    assert half.shape == (60, 80) and (half.numpy() >= 0).all()

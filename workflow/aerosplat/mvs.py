@@ -226,6 +226,12 @@ class DepthPrior:
         _, (r, c) = ndimage.distance_transform_edt(~valid, return_indices=True)
         return torch.from_numpy(d[r, c])
 
+    def fill_only(self) -> "DepthPrior":
+        """The filled depth (see `filled`) where the prior is unconfirmed, 0 where it is confirmed:
+        the weaker target for what fewer than three photos see."""
+        return DepthPrior([torch.where(d > 0, torch.zeros_like(d), self.filled(i))
+                           for i, d in enumerate(self.depths)], self.Ks, 0.0)
+
     def points(self, images: list[torch.Tensor], w2cs: list[np.ndarray], stride: int | None = 1,
                fill_stride: int = 0):
         """Confirmed pixels (every `stride`-th) back-projected to the local frame with their photo
