@@ -100,6 +100,11 @@ class TrainConfig:
     # Per-image affine colour correction (mean over training images held at identity).
     appearance: bool = True
     lr_appearance: float = 1e-3
+    # Bake into each Gaussian's colour the mean correction of the training photos that see it, so
+    # a new view renders the look of the photos around it. Without it a region seen only by darker
+    # photos keeps colours brightened to match them (the corrections average to identity only over
+    # all photos), and every new view there renders too bright.
+    appearance_bake: bool = False
     # Geometry prior (see aerosplat.mvs): plane-sweep depth of every training view, confirmed
     # across views. `mvs` computes it; `none` trains from the photos alone.
     depth_prior: str = "mvs"
@@ -350,6 +355,34 @@ class Appearance(torch.nn.Module):
         gain = self.gain[i] - self.gain.mean(0)
         bias = self.bias[i] - self.bias.mean(0)
         return img * (1.0 + gain) + bias
+
+
+def bake_appearance(splats, appearance: Appearance, cameras: list[Camera]) -> int:
+    """Fold the per-image colour correction into the splats' colours, in place: each Gaussian gets
+    the mean gain and bias of the training cameras whose view its centre lies in (none: identity).
+    The DC colour maps affinely, the view-dependent SH terms scale by the gain. Returns how many
+    Gaussians no camera sees."""
+    with torch.no_grad():
+        means = splats["means"].detach().cpu().numpy().astype(np.float64)
+        hom = np.concatenate([means, np.ones((len(means), 1))], 1)
+        seen = []
+        for cam in cameras:
+            pc = hom @ cam.w2c[:3].T
+            z = pc[:, 2]
+            uv = pc[:, :2] @ cam.K[:2, :2].T / np.maximum(z, 1e-9)[:, None] + cam.K[:2, 2]
+            seen.append((z > 0.01) & (uv[:, 0] >= 0) & (uv[:, 0] < cam.width)
+                        & (uv[:, 1] >= 0) & (uv[:, 1] < cam.height))
+        dev = splats["sh0"].device
+        vis = torch.as_tensor(np.stack(seen, 1), dtype=torch.float32, device=dev)  # [N, images]
+        gain = (appearance.gain - appearance.gain.mean(0)).detach().to(dev)
+        bias = (appearance.bias - appearance.bias.mean(0)).detach().to(dev)
+        count = vis.sum(1, keepdim=True)
+        g = (vis @ gain) / count.clamp_min(1)
+        b = (vis @ bias) / count.clamp_min(1)
+        dc = splats["sh0"][:, 0] * SH_C0 + 0.5
+        splats["sh0"][:, 0] = (dc * (1 + g) + b - 0.5) / SH_C0
+        splats["shN"].mul_((1 + g)[:, None, :])
+        return int((count == 0).sum())
 
 
 class PoseDelta(torch.nn.Module):
@@ -705,6 +738,9 @@ def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metri
             if cfg.appearance:
                 img = extras["appearance"](img, i)
             scores.append(psnr(img, images[i]))
+        if cfg.appearance and cfg.appearance_bake:
+            unseen = bake_appearance(splats, extras["appearance"], cameras)
+            log.info("appearance baked into the colours (%d Gaussians outside every photo)", unseen)
     write_ply(splats_out, {k: v.detach() for k, v in splats.items()})
     metrics = {
         "partition": pid,
