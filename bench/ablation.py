@@ -45,6 +45,7 @@ ROWS = {
     "ours + scale cap": ["--set", "max_scale=0.05"],
     "ours + coarser schedule": ["--set", "resolution_schedule=[[0,0.125],[0.2,0.25],[0.45,0.5],[0.7,1.0]]"],
     "ours + filled-depth loss": ["--set", "fill_depth_weight=0.05"],
+    "ours + appearance baked": ["--set", "appearance_bake=true"],
 }
 
 
