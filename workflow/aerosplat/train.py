@@ -252,17 +252,22 @@ class ImageCache:
         return self.images, self.Ks
 
 
-def visible_count(xyz: np.ndarray, cameras: list[Camera]) -> np.ndarray:
-    """How many of `cameras` see each point (in front, inside the photo): [N]."""
-    count = np.zeros(xyz.shape[0], int)
+def in_view(xyz: np.ndarray, cameras: list[Camera]) -> np.ndarray:
+    """Whether each camera sees each point (in front, inside the photo; no occlusion): [N, cameras]."""
     hom = np.concatenate([xyz, np.ones((xyz.shape[0], 1))], 1)
+    seen = []
     for cam in cameras:
         pc = hom @ cam.w2c[:3].T
         z = pc[:, 2]
         uv = pc[:, :2] @ cam.K[:2, :2].T / np.maximum(z, 1e-9)[:, None] + cam.K[:2, 2]
-        count += ((z > 0.01) & (uv[:, 0] >= 0) & (uv[:, 0] < cam.width)
-                  & (uv[:, 1] >= 0) & (uv[:, 1] < cam.height))
-    return count
+        seen.append((z > 0.01) & (uv[:, 0] >= 0) & (uv[:, 0] < cam.width)
+                    & (uv[:, 1] >= 0) & (uv[:, 1] < cam.height))
+    return np.stack(seen, 1) if seen else np.zeros((len(xyz), 0), bool)
+
+
+def visible_count(xyz: np.ndarray, cameras: list[Camera]) -> np.ndarray:
+    """How many of `cameras` see each point (in front, inside the photo): [N]."""
+    return in_view(xyz, cameras).sum(1)
 
 
 def load_points(points_file: Path, partition: dict, max_reproj_px: float,
@@ -364,16 +369,8 @@ def bake_appearance(splats, appearance: Appearance, cameras: list[Camera]) -> in
     Gaussians no camera sees."""
     with torch.no_grad():
         means = splats["means"].detach().cpu().numpy().astype(np.float64)
-        hom = np.concatenate([means, np.ones((len(means), 1))], 1)
-        seen = []
-        for cam in cameras:
-            pc = hom @ cam.w2c[:3].T
-            z = pc[:, 2]
-            uv = pc[:, :2] @ cam.K[:2, :2].T / np.maximum(z, 1e-9)[:, None] + cam.K[:2, 2]
-            seen.append((z > 0.01) & (uv[:, 0] >= 0) & (uv[:, 0] < cam.width)
-                        & (uv[:, 1] >= 0) & (uv[:, 1] < cam.height))
         dev = splats["sh0"].device
-        vis = torch.as_tensor(np.stack(seen, 1), dtype=torch.float32, device=dev)  # [N, images]
+        vis = torch.as_tensor(in_view(means, cameras), dtype=torch.float32, device=dev)  # [N, images]
         gain = (appearance.gain - appearance.gain.mean(0)).detach().to(dev)
         bias = (appearance.bias - appearance.bias.mean(0)).detach().to(dev)
         count = vis.sum(1, keepdim=True)
