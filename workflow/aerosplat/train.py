@@ -147,6 +147,10 @@ class TrainConfig:
     # the others' opacity scaled by 1 / (1 - p), so no few Gaussians can each explain one training
     # photo on their own; evaluation renders all of them. 0 = off.
     dropout: float = 0.0
+    # Composite each training render over a random colour (gsplat simple_trainer's random_bkgd): a
+    # nadir photo sees opaque ground everywhere, and over a black background the optimiser darkens
+    # colours by leaving the surface part transparent - which renders differently from a new view.
+    random_background: bool = False
     # classic or antialiased (gsplat's rasterize_mode).
     rasterize_mode: str = "classic"
     # Per-image camera pose refinement.
@@ -599,6 +603,7 @@ def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metri
     if cfg.pose_refinement:
         extra_opts["pose"] = torch.optim.Adam(extras["pose"].parameters(), lr=cfg.lr_pose)
     gen = torch.Generator().manual_seed(cfg.seed)
+    bg_gen = torch.Generator().manual_seed(cfg.seed + 1)  # its own stream: the view order stays the same
     w2cs = torch.as_tensor(np.stack([c.w2c for c in cameras]), dtype=torch.float32, device=device)
 
     ckpt = Checkpoint(Path(splats_out).parent / "ckpt" / "last.pt",
@@ -617,6 +622,7 @@ def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metri
         for k, opt in extra_opts.items():
             opt.load_state_dict(state["extra_opts"][k])
         gen.set_state(state["rng"])
+        bg_gen.set_state(state["bg_rng"])
         torch.set_rng_state(state["torch_rng"])  # densification samples from the global generator
         if device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"].cpu())
@@ -629,7 +635,7 @@ def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metri
                    "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                    "strategy": strat_state, "extras": extras.state_dict(),
                    "extra_opts": {k: o.state_dict() for k, o in extra_opts.items()},
-                   "rng": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                   "rng": gen.get_state(), "bg_rng": bg_gen.get_state(), "torch_rng": torch.get_rng_state(),
                    **({"cuda_rng": torch.cuda.get_rng_state()} if device.type == "cuda" else {})})
 
     stop_requested = []
@@ -663,10 +669,12 @@ def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metri
             if cfg.dropout > 0:
                 keep = (torch.rand(splats["means"].shape[0], generator=gen) >= cfg.dropout).to(device)
                 keep = keep.float() / (1.0 - cfg.dropout)
+            background = torch.rand(3, generator=bg_gen).to(device) if cfg.random_background else None
             out, alpha, info = render_view(splats, Ks[i], viewmat, w, h, sh_degree=sh_degree,
                                            rasterizer=rasterize,
                                            render_mode="RGB+ED" if use_depth or neighbours else "RGB",
-                                           rasterize_mode=cfg.rasterize_mode, opacity_scale=keep)
+                                           rasterize_mode=cfg.rasterize_mode, opacity_scale=keep,
+                                           background=background)
             img = out[..., :3]
             if cfg.appearance:
                 img = extras["appearance"](img, i)
