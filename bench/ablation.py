@@ -46,7 +46,7 @@ ROWS = {
     "ours + coarser schedule": ["--set", "resolution_schedule=[[0,0.125],[0.2,0.25],[0.45,0.5],[0.7,1.0]]"],
     "ours + filled-depth loss": ["--set", "fill_depth_weight=0.05"],
     "ours + appearance baked": ["--set", "appearance_bake=true"],
-    "ours + random background": ["--set", "random_background=true"],
+    "ours - random background": ["--set", "random_background=false"],
 }
 
 

@@ -8,7 +8,8 @@ Needs the scene's partition stage (`snakemake --cores 2 results/<scene>/partitio
 Variants (--variants):
 - `plain`: gsplat's reference trainer defaults (simple_trainer; DefaultStrategy densifying to the end,
   L1 + 0.2 SSIM, SH ramp to 3 every 1000 steps, kNN init from the SfM points, no appearance model,
-  full resolution from step 0) - the anchors' loop, on our CPU rasterizer where there is no GPU;
+  full resolution from step 0, black background) - the anchors' loop, on our CPU rasterizer where
+  there is no GPU;
 - `plain_mcmc`: the same with simple_trainer's MCMC settings (cap 500k, opacity and scale reg 0.01);
 - `ours`: `TrainConfig()` defaults, with only device, resolution and steps set; `--set KEY=JSON`
   changes one option (ablation rows).
@@ -53,7 +54,7 @@ PLAIN = {
     "dense_init": False, "sh_degree": 3, "sh_degree_interval": 1000, "strategy": "default",
     "refine_start": 500, "refine_stop_fraction": 1.0, "grow_grad2d": 0.0002, "reset_every": 3000,
     "init_opacity": 0.1, "init_scale": 1.0, "anisotropy_weight": 0.0, "rasterize_mode": "classic",
-    "opacity_reg": 0.0, "scale_reg": 0.0, "pose_refinement": False,
+    "opacity_reg": 0.0, "scale_reg": 0.0, "pose_refinement": False, "random_background": False,
 }
 PLAIN_MCMC = {**PLAIN, "strategy": "mcmc", "cap_max": 500_000, "init_opacity": 0.5,
               "init_scale": 0.1, "opacity_reg": 0.01, "scale_reg": 0.01}

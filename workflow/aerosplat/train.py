@@ -149,8 +149,10 @@ class TrainConfig:
     dropout: float = 0.0
     # Composite each training render over a random colour (gsplat simple_trainer's random_bkgd): a
     # nadir photo sees opaque ground everywhere, and over a black background the optimiser darkens
-    # colours by leaving the surface part transparent - which renders differently from a new view.
-    random_background: bool = False
+    # colours by leaving the surface part transparent, which a new view sees through differently
+    # (held-out alpha 0.77-0.94 over black, 0.98-0.99 with it). Measured: brighton_beach validation
+    # +0.53 dB and a sixth less depth error, thinned sample +0.07 dB, full sample +0.03 dB.
+    random_background: bool = True
     # classic or antialiased (gsplat's rasterize_mode).
     rasterize_mode: str = "classic"
     # Per-image camera pose refinement.
