@@ -37,21 +37,27 @@ def test_every_view_gets_expected_and_median_depth_scored_against_the_true_dsm(s
 def test_thinned_sample_ours_recovers_the_surface_the_plain_loop_misses(sample_run, tmp_path):
     """Every second nadir photo trains; the 8 between two training photos are scored. The bar the
     sparse-view issue sets (+3 dB over the plain loop) is not met (see bench/results/README.md);
-    what is asserted is what was measured in two runs (1000 steps, GSD 0.30 m): ours 29.2-29.3 dB
-    vs plain 29.7-29.8 dB; median-depth error 0.32-0.35 m vs 0.39-0.51 m; expected-depth error
-    0.37-0.41 m vs 2.0-3.4 m (plain's floaters smear it). So: depth within 2 GSD of the truth DSM,
+    what is asserted is what was measured in three runs on three SfM reconstructions (1000 steps,
+    GSD 0.30 m): ours 29.1-29.3 dB vs plain 29.7-30.1 dB; median-depth error 0.32-0.35 m vs
+    0.43-0.51 m; expected-depth error 0.36-0.41 m vs 2.0-5.5 m (plain's floaters smear it). So: depth within 2 GSD of the truth DSM,
     no worse than plain's median depth and far better in expected depth, for at most a small loss
     of held-out PSNR and SSIM."""
-    out = tmp_path / "thin.json"
-    cmd = [sys.executable, str(ROOT / "bench" / "quality.py"), "--scene", "sample",
-           "--results", str(sample_run / "results"), "--split", "thin-nadir", "--steps", "1000",
-           "--variants", "plain,ours", "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    r = json.loads(out.read_text())
+    # The two variants side by side, one thread each (two small trainings share 2 cores better
+    # than one after the other with two threads each).
+    procs = {}
+    for variant in ("plain", "ours"):
+        cmd = [sys.executable, str(ROOT / "bench" / "quality.py"), "--scene", "sample",
+               "--results", str(sample_run / "results"), "--split", "thin-nadir", "--steps", "1000",
+               "--variants", variant, "--threads", "1", "--out", str(tmp_path / f"{variant}.json")]
+        with open(tmp_path / f"{variant}.log", "w") as log:
+            procs[variant] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    for variant, proc in procs.items():
+        assert proc.wait(timeout=3600) == 0, (tmp_path / f"{variant}.log").read_text()[-4000:]
+    r = json.loads((tmp_path / "ours.json").read_text())
+    plain = json.loads((tmp_path / "plain.json").read_text())["plain"]
     assert len(r["train_images"]) == 12 and len(r["heldout_images"]) == 8
     assert not set(r["train_images"]) & set(r["heldout_images"])
-    plain, ours = r["plain"], r["ours"]
+    ours = r["ours"]
     assert ours["depth_median_abs_error_m"] <= 2 * ours["gsd_m"], (ours["depth_median_abs_error_m"], ours["gsd_m"])
     assert ours["depth_median_abs_error_m"] <= plain["depth_median_abs_error_m"]
     assert ours["depth_expected_median_abs_error_m"] < 0.5 * plain["depth_expected_median_abs_error_m"]
