@@ -22,7 +22,8 @@ out instead - for choosing settings without looking at the test images).
 
 Held-out scoring: PSNR/SSIM of the raw render (no appearance correction), and the standard appearance
 protocol (per-channel gain and offset fitted on the left half of the photo, PSNR on the right half);
-expected and median depth per held-out view as float32 TIFF; depth error against the scene's truth
+with an appearance model, also the render in the look of the nearest training photo (its learned
+correction; no held-out pixel is used: `heldout_psnr_nearest_appearance`); expected and median depth per held-out view as float32 TIFF; depth error against the scene's truth
 DSM (synthetic scenes) or its reference point cloud (`reference/model.laz` beside the images,
 aligned to our SfM points by a translation first, since both are georeferenced by consumer GPS).
 """
@@ -127,15 +128,19 @@ def scene_truth(scene_cfg: dict, scene_results: Path, origin: np.ndarray):
     return None
 
 
-def score_heldout(splats, manifest, names, image_dir, scale, truth, out_dir: Path) -> dict:
+def score_heldout(splats, manifest, names, image_dir, scale, truth, out_dir: Path,
+                  appearance: dict | None = None) -> dict:
     """The workflow's evaluation (aerosplat.evaluate) of the held-out views, in the bench's JSON."""
     cams = train.load_cameras(manifest, names)
-    rows = evaluate.score_model(splats, manifest, cams, image_dir, scale, out_dir / "heldout")
+    train_cams = train.load_cameras(manifest, manifest["partitions"][0]["images"])
+    rows = evaluate.score_model(splats, manifest, cams, image_dir, scale, out_dir / "heldout",
+                                appearance=appearance, train_cameras=train_cams)
     depth = evaluate.write_depths(splats, manifest, image_dir, scale, out_dir / "depth", truth, names)
     mean = lambda k: round(float(np.mean([r[k] for r in rows])), 4)  # noqa: E731
     res = {"heldout_psnr": mean("psnr"), "heldout_ssim": mean("ssim"),
            "heldout_psnr_right_half_raw": mean("psnr_right_half_raw"),
            "heldout_psnr_right_half_appearance_fit": mean("psnr_right_half_appearance_fit"),
+           **({"heldout_psnr_nearest_appearance": mean("psnr_nearest_appearance")} if appearance else {}),
            "per_view": [{k: v for k, v in r.items() if k not in ("cell_shares", "border")} for r in rows]}
     if "heldout" in depth:
         res["depth_median_abs_error_m"] = depth["heldout_median_abs_error_m"]
@@ -206,7 +211,8 @@ def main(argv=None) -> int:
                                   threads=args.threads, prior_cache=args.prior_cache or work / "depth_prior")
         seconds = time.time() - t0
         splats = read_ply(vdir / "splats.ply")
-        scores = score_heldout(splats, bman, heldout, Path(bman["images_dir"]), scale, truth, vdir)
+        scores = score_heldout(splats, bman, heldout, Path(bman["images_dir"]), scale, truth, vdir,
+                               appearance=m.get("appearance"))
         variants[name] = {"heldout_psnr": scores.pop("heldout_psnr"), "heldout_ssim": scores.pop("heldout_ssim"),
                           "train_psnr": round(m["train_psnr"], 4), "gaussians": m["num_gaussians"],
                           "seconds": round(seconds, 1), **scores,

@@ -269,3 +269,33 @@ def test_random_background_trains_an_opaque_surface(scene, tmp_path):
     print(f"held-out centre: mean alpha {alpha}, PSNR {score}")
     assert alpha[True] > 0.97 and alpha[True] > alpha[False]
     assert score[True] > score[False] - 1.0  # measured: 27.9 vs 27.5 dB, alpha 0.979 vs 0.995
+
+
+def test_a_new_view_takes_the_look_of_the_nearest_training_photo(scene, tmp_path):
+    """The trainer records each photo's correction; a held-out view gets its nearest photo's."""
+    from aerosplat.evaluate import nearest_appearance
+
+    torch.set_num_threads(1)
+    m = train.train_partition(scene / "manifest.json", "p00", train.TrainConfig(**{**CFG, "steps": 60}),
+                              tmp_path / "splats.ply", tmp_path / "metrics.json")
+    manifest = json.loads((scene / "manifest.json").read_text())
+    assert sorted(m["appearance"]) == sorted(manifest["train"])
+    gains = np.array([a["gain"] for a in m["appearance"].values()])
+    assert np.abs(gains.mean(0)).max() < 1e-4  # zero mean: the splats hold the mean look
+    trained = train.load_cameras(manifest, manifest["train"])
+    codes = {c.name: {"gain": [i * 0.01] * 3, "bias": [-i * 0.01] * 3} for i, c in enumerate(trained)}
+    for held in train.load_cameras(manifest, manifest["heldout"]):
+        gain, bias = nearest_appearance(held, trained, codes)
+        centre = lambda c: -c.w2c[:3, :3].T @ c.w2c[:3, 3]  # noqa: E731
+        dist = [np.linalg.norm(centre(c) - centre(held)) for c in trained]
+        assert gain.tolist() == pytest.approx([int(np.argmin(dist)) * 0.01] * 3)
+        assert bias.tolist() == pytest.approx([-int(np.argmin(dist)) * 0.01] * 3)
+    assert nearest_appearance(trained[0], trained, {}) is None
+    # An identity correction scores as the raw render does; a strong one does not.
+    splats, held = read_ply(tmp_path / "splats.ply"), train.load_cameras(manifest, manifest["heldout"])
+    identity = {n: {"gain": [0.0] * 3, "bias": [0.0] * 3} for n in codes}
+    rows = score_model(splats, manifest, held, scene / "images", 1.0, appearance=identity, train_cameras=trained)
+    assert all(r["psnr_nearest_appearance"] == r["psnr"] for r in rows)
+    darker = {n: {"gain": [-0.5] * 3, "bias": [0.0] * 3} for n in codes}
+    rows = score_model(splats, manifest, held, scene / "images", 1.0, appearance=darker, train_cameras=trained)
+    assert all(r["psnr_nearest_appearance"] < r["psnr"] - 3 for r in rows)

@@ -55,6 +55,20 @@ def backproject(depth: np.ndarray, K: np.ndarray, w2c: np.ndarray, step: int = 4
     return (R.T @ (cam - t[:, None])).T
 
 
+def nearest_appearance(camera, train_cameras, appearance: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The colour correction (gain, bias: img * (1 + gain) + bias) of the training photo whose centre
+    is nearest to `camera`'s: a new photo's exposure is best predicted by the photos taken beside it
+    (auto-exposure follows the ground in view), and this uses none of the new photo's pixels.
+    `appearance`: {photo name: {"gain": [3], "bias": [3]}} as the trainer's metrics hold it."""
+    known = [c for c in train_cameras if c.name in appearance]
+    if not known:
+        return None
+    centre = lambda c: -c.w2c[:3, :3].T @ c.w2c[:3, 3]  # noqa: E731
+    near = min(known, key=lambda c: float(np.linalg.norm(centre(c) - centre(camera))))
+    code = appearance[near.name]
+    return torch.tensor(code["gain"], dtype=torch.float32), torch.tensor(code["bias"], dtype=torch.float32)
+
+
 def lpips_status() -> str:
     import importlib.util
 
@@ -64,8 +78,11 @@ def lpips_status() -> str:
 
 
 def score_model(splats: dict, manifest: dict, cameras, image_dir: Path, scale: float,
-                renders_dir: Path | None = None) -> list[dict]:
-    """Render every held-out camera; PSNR, SSIM and the cells its visible surface falls in."""
+                renders_dir: Path | None = None, appearance: dict | None = None,
+                train_cameras=None) -> list[dict]:
+    """Render every held-out camera; PSNR, SSIM and the cells its visible surface falls in. With the
+    trainer's per-photo `appearance` and the `train_cameras`, also the PSNR of the render in the
+    look of the nearest training photo (`psnr_nearest_appearance`; see nearest_appearance)."""
     cells = [p["cell_bounds"] for p in manifest["partitions"]]
     rows = []
     for cam in cameras:
@@ -87,6 +104,10 @@ def score_model(splats: dict, manifest: dict, cameras, image_dir: Path, scale: f
             "cell_shares": {p["id"]: round(float(s), 3) for p, s in zip(manifest["partitions"], shares)},
             "border": bool(len(order) > 1 and order[1] >= BORDER_SHARE),
         })
+        code = nearest_appearance(cam, train_cameras or [], appearance) if appearance else None
+        if code is not None:
+            looked = (out[..., :3] * (1 + code[0]) + code[1]).clamp(0, 1)
+            rows[-1]["psnr_nearest_appearance"] = round(psnr(looked, gt), 4)
         if renders_dir is not None:
             pair = np.concatenate([img.numpy(), gt.numpy()], 1)
             renders_dir.mkdir(parents=True, exist_ok=True)

@@ -768,6 +768,11 @@ def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metri
         "seconds": round(time.time() - t_start, 2),
         "config": asdict(cfg),
     }
+    if cfg.appearance:  # each training photo's correction (zero mean), for rendering new views in its look
+        app = extras["appearance"]
+        gains, biases = (app.gain - app.gain.mean(0)).tolist(), (app.bias - app.bias.mean(0)).tolist()
+        metrics["appearance"] = {c.name: {"gain": [round(x, 5) for x in g], "bias": [round(x, 5) for x in b]}
+                                 for c, g, b in zip(cameras, gains, biases)}
     write_json(metrics_out, metrics)
     ckpt.remove()
     if prior_cache is None:  # the checkpoint folder's copy only serves a resumed run
