@@ -23,9 +23,10 @@ out instead - for choosing settings without looking at the test images).
 Held-out scoring: PSNR/SSIM of the raw render (no appearance correction), and the standard appearance
 protocol (per-channel gain and offset fitted on the left half of the photo, PSNR on the right half);
 with an appearance model, also the render in the look of the nearest training photo (its learned
-correction; no held-out pixel is used: `heldout_psnr_nearest_appearance`); expected and median depth per held-out view as float32 TIFF; depth error against the scene's truth
-DSM (synthetic scenes) or its reference point cloud (`reference/model.laz` beside the images,
-aligned to our SfM points by a translation first, since both are georeferenced by consumer GPS).
+correction; no held-out pixel is used: `heldout_psnr_nearest_appearance`); expected and median
+depth per held-out view as float32 TIFF; depth error against the scene's truth DSM (synthetic
+scenes) or its reference point cloud (`reference/model.laz` beside the images, aligned to our SfM
+points by a translation first, since both are georeferenced by consumer GPS).
 """
 
 from __future__ import annotations

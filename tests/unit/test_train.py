@@ -286,8 +286,7 @@ def test_a_new_view_takes_the_look_of_the_nearest_training_photo(scene, tmp_path
     codes = {c.name: {"gain": [i * 0.01] * 3, "bias": [-i * 0.01] * 3} for i, c in enumerate(trained)}
     for held in train.load_cameras(manifest, manifest["heldout"]):
         gain, bias = nearest_appearance(held, trained, codes)
-        centre = lambda c: -c.w2c[:3, :3].T @ c.w2c[:3, 3]  # noqa: E731
-        dist = [np.linalg.norm(centre(c) - centre(held)) for c in trained]
+        dist = [np.linalg.norm(c.centre - held.centre) for c in trained]
         assert gain.tolist() == pytest.approx([int(np.argmin(dist)) * 0.01] * 3)
         assert bias.tolist() == pytest.approx([-int(np.argmin(dist)) * 0.01] * 3)
     assert nearest_appearance(trained[0], trained, {}) is None

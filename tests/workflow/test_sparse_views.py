@@ -39,9 +39,9 @@ def test_thinned_sample_ours_recovers_the_surface_the_plain_loop_misses(sample_r
     sparse-view issue sets (+3 dB over the plain loop) is not met (see bench/results/README.md);
     what is asserted is what was measured in three runs on three SfM reconstructions (1000 steps,
     GSD 0.30 m): ours 29.1-29.3 dB vs plain 29.7-30.1 dB; median-depth error 0.32-0.35 m vs
-    0.43-0.51 m; expected-depth error 0.36-0.41 m vs 2.0-5.5 m (plain's floaters smear it). So: depth within 2 GSD of the truth DSM,
-    no worse than plain's median depth and far better in expected depth, for at most a small loss
-    of held-out PSNR and SSIM."""
+    0.43-0.51 m; expected-depth error 0.36-0.41 m vs 2.0-5.5 m (plain's floaters smear it). So:
+    depth within 2 GSD of the truth DSM, no worse than plain's median depth and far better in
+    expected depth, for at most a small loss of held-out PSNR and SSIM."""
     # The two variants side by side, one thread each (two small trainings share 2 cores better
     # than one after the other with two threads each).
     procs = {}

@@ -63,8 +63,7 @@ def nearest_appearance(camera, train_cameras, appearance: dict) -> tuple[torch.T
     known = [c for c in train_cameras if c.name in appearance]
     if not known:
         return None
-    centre = lambda c: -c.w2c[:3, :3].T @ c.w2c[:3, 3]  # noqa: E731
-    near = min(known, key=lambda c: float(np.linalg.norm(centre(c) - centre(camera))))
+    near = min(known, key=lambda c: float(np.linalg.norm(c.centre - camera.centre)))
     code = appearance[near.name]
     return torch.tensor(code["gain"], dtype=torch.float32), torch.tensor(code["bias"], dtype=torch.float32)
 

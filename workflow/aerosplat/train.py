@@ -206,6 +206,11 @@ class Camera:
     width: int
     height: int
 
+    @property
+    def centre(self) -> np.ndarray:
+        """Camera centre in the world frame [3]."""
+        return -self.w2c[:3, :3].T @ self.w2c[:3, 3]
+
     def scaled(self, scale: float) -> tuple[np.ndarray, int, int]:
         """Intrinsics and size at `scale` of the photo."""
         w = max(1, round(self.width * scale))
@@ -363,10 +368,13 @@ class Appearance(torch.nn.Module):
         self.gain = torch.nn.Parameter(torch.zeros(n, 3))
         self.bias = torch.nn.Parameter(torch.zeros(n, 3))
 
+    def corrections(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every image's (gain, bias) [n, 3], zero mean over the images."""
+        return self.gain - self.gain.mean(0), self.bias - self.bias.mean(0)
+
     def forward(self, img: torch.Tensor, i: int) -> torch.Tensor:
-        gain = self.gain[i] - self.gain.mean(0)
-        bias = self.bias[i] - self.bias.mean(0)
-        return img * (1.0 + gain) + bias
+        gain, bias = self.corrections()
+        return img * (1.0 + gain[i]) + bias[i]
 
 
 def bake_appearance(splats, appearance: Appearance, cameras: list[Camera]) -> int:
@@ -378,8 +386,7 @@ def bake_appearance(splats, appearance: Appearance, cameras: list[Camera]) -> in
         means = splats["means"].detach().cpu().numpy().astype(np.float64)
         dev = splats["sh0"].device
         vis = torch.as_tensor(in_view(means, cameras), dtype=torch.float32, device=dev)  # [N, images]
-        gain = (appearance.gain - appearance.gain.mean(0)).detach().to(dev)
-        bias = (appearance.bias - appearance.bias.mean(0)).detach().to(dev)
+        gain, bias = (x.detach().to(dev) for x in appearance.corrections())
         count = vis.sum(1, keepdim=True)
         g = (vis @ gain) / count.clamp_min(1)
         b = (vis @ bias) / count.clamp_min(1)
@@ -445,7 +452,7 @@ def photo_neighbours(cameras: list[Camera], xyz: np.ndarray, n: int) -> list[lis
     """For each training photo, the `n` others that share most of its SfM points (mvs' choice)."""
     covis, _ = covisibility(xyz, [c.K for c in cameras], [c.w2c for c in cameras],
                             [(c.width, c.height) for c in cameras])
-    centers = np.array([-c.w2c[:3, :3].T @ c.w2c[:3, 3] for c in cameras])
+    centers = np.array([c.centre for c in cameras])
     axes = np.array([c.w2c[2, :3] for c in cameras])
     return choose_neighbours(centers, axes, covis, n)
 
@@ -548,7 +555,7 @@ def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metri
         raise InputError(f"partition {pid} has no training images", path=str(manifest_path))
     xyz, rgb = load_points(root / manifest["points"], part, cfg.init_max_reproj_px,
                            cameras if cfg.init_points == "visible" else None)
-    centers = np.array([-c.w2c[:3, :3].T @ c.w2c[:3, 3] for c in cameras])
+    centers = np.array([c.centre for c in cameras])
     scene_scale = float(np.linalg.norm(centers - centers.mean(0), axis=1).max() * 1.1) or 1.0
     flying_height = max(float(np.median(centers[:, 2]) - np.median(xyz[:, 2])), 1e-3)
     band = None
@@ -769,8 +776,7 @@ def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metri
         "config": asdict(cfg),
     }
     if cfg.appearance:  # each training photo's correction (zero mean), for rendering new views in its look
-        app = extras["appearance"]
-        gains, biases = (app.gain - app.gain.mean(0)).tolist(), (app.bias - app.bias.mean(0)).tolist()
+        gains, biases = (x.tolist() for x in extras["appearance"].corrections())
         metrics["appearance"] = {c.name: {"gain": [round(x, 5) for x in g], "bias": [round(x, 5) for x in b]}
                                  for c, g, b in zip(cameras, gains, biases)}
     write_json(metrics_out, metrics)
