@@ -24,6 +24,7 @@ from PIL import Image
 from . import depthmaps
 from .fileio import atomic_path, write_json
 from .manifest import load_manifest
+from .reprojection import fit_gain_offset
 from .splats import read_ply, render_view
 from .train import TrainConfig, load_cameras, load_image, psnr, ssim
 
@@ -122,14 +123,10 @@ def half_fit_psnr(render: torch.Tensor, photo: torch.Tensor) -> tuple[float, flo
     and offset (what our embedding can express) fitted by least squares on the left half of the
     held-out photo, PSNR on the right half. Returns (fitted, raw) right-half PSNR."""
     w = render.shape[1] // 2
-    left_r, left_p = render[:, :w].reshape(-1, 3).double(), photo[:, :w].reshape(-1, 3).double()
-    right_r, right_p = render[:, w:], photo[:, w:]
-    out = []
-    for c in range(3):
-        A = torch.stack([left_r[:, c], torch.ones_like(left_r[:, c])], 1)
-        gain, offset = torch.linalg.lstsq(A, left_p[:, c:c + 1]).solution[:, 0]
-        out.append(right_r[..., c] * float(gain) + float(offset))
-    return psnr(torch.stack(out, -1), right_p), psnr(right_r, right_p)
+    r, p = render.double().numpy(), photo.double().numpy()
+    gain, offset = fit_gain_offset(r[:, :w].reshape(-1, 3), p[:, :w].reshape(-1, 3))
+    right = torch.from_numpy(r[:, w:] * gain + offset).float()
+    return psnr(right, photo[:, w:]), psnr(render[:, w:], photo[:, w:])
 
 
 def _mean(rows, key, where=lambda r: True):
