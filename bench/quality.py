@@ -23,7 +23,9 @@ out instead - for choosing settings without looking at the test images).
 Held-out scoring: PSNR/SSIM of the raw render (no appearance correction), and the standard appearance
 protocol (per-channel gain and offset fitted on the left half of the photo, PSNR on the right half);
 with an appearance model, also the render in the look of the nearest training photo (its learned
-correction; no held-out pixel is used: `heldout_psnr_nearest_appearance`); expected and median
+correction; no held-out pixel is used: `heldout_psnr_nearest_appearance`); for every variant, the
+render as an auto-exposing camera would take it (one gain bringing the rendered surface's mean
+brightness to the training photos': `heldout_psnr_auto_exposure`); expected and median
 depth per held-out view as float32 TIFF; depth error against the scene's truth DSM (synthetic
 scenes) or its reference point cloud (`reference/model.laz` beside the images, aligned to our SfM
 points by a translation first, since both are georeferenced by consumer GPS).
@@ -37,6 +39,7 @@ import logging
 import shlex
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -135,13 +138,15 @@ def score_heldout(splats, manifest, names, image_dir, scale, truth, out_dir: Pat
     cams = train.load_cameras(manifest, names)
     train_cams = train.load_cameras(manifest, manifest["partitions"][0]["images"])
     rows = evaluate.score_model(splats, manifest, cams, image_dir, scale, out_dir / "heldout",
-                                appearance=appearance, train_cameras=train_cams)
+                                appearance=appearance, train_cameras=train_cams,
+                                exposure_target=evaluate.photo_brightness(image_dir, train_cams, scale))
     depth = evaluate.write_depths(splats, manifest, image_dir, scale, out_dir / "depth", truth, names)
     mean = lambda k: round(float(np.mean([r[k] for r in rows])), 4)  # noqa: E731
     res = {"heldout_psnr": mean("psnr"), "heldout_ssim": mean("ssim"),
            "heldout_psnr_right_half_raw": mean("psnr_right_half_raw"),
            "heldout_psnr_right_half_appearance_fit": mean("psnr_right_half_appearance_fit"),
            **({"heldout_psnr_nearest_appearance": mean("psnr_nearest_appearance")} if appearance else {}),
+           "heldout_psnr_auto_exposure": mean("psnr_auto_exposure"),
            "per_view": [{k: v for k, v in r.items() if k not in ("cell_shares", "border")} for r in rows]}
     if "heldout" in depth:
         res["depth_median_abs_error_m"] = depth["heldout_median_abs_error_m"]
@@ -149,6 +154,16 @@ def score_heldout(splats, manifest, names, image_dir, scale, truth, out_dir: Pat
         res["gsd_m"] = depth["gsd_m"]
         res["depth_per_view"] = depth["heldout"]
     return res
+
+
+def trained_before(vdir: Path, cfg: train.TrainConfig) -> dict | None:
+    """The metrics of the model in `vdir` if it was trained with exactly `cfg` (else None)."""
+    try:
+        metrics = json.loads((vdir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    same = metrics.get("config") == json.loads(json.dumps(asdict(cfg)))
+    return metrics if same and (vdir / "splats.ply").exists() else None
 
 
 def main(argv=None) -> int:
@@ -167,6 +182,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, help="models and depth maps (default: beside --out)")
     ap.add_argument("--prior-cache", type=Path, help="folder of cached depth priors, shared by runs on "
                     "the same split and resolution (default: in --work)")
+    ap.add_argument("--reuse", action="store_true", help="score a variant's model already in the work "
+                    "folder instead of training it again, when it was trained with the same options")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -207,10 +224,15 @@ def main(argv=None) -> int:
                    "device": args.device, "image_scale": scale, "steps": steps}
         cfg = train.TrainConfig.from_config(section)
         vdir = work / name
-        t0 = time.time()
-        m = train.train_partition(bman_path, "all", cfg, vdir / "splats.ply", vdir / "metrics.json",
-                                  threads=args.threads, prior_cache=args.prior_cache or work / "depth_prior")
-        seconds = time.time() - t0
+        m = trained_before(vdir, cfg) if args.reuse else None
+        if m is not None:
+            log.info("%s: reusing the model trained before in %s", name, vdir)
+            seconds = m["seconds"]
+        else:
+            t0 = time.time()
+            m = train.train_partition(bman_path, "all", cfg, vdir / "splats.ply", vdir / "metrics.json",
+                                      threads=args.threads, prior_cache=args.prior_cache or work / "depth_prior")
+            seconds = time.time() - t0
         splats = read_ply(vdir / "splats.ply")
         scores = score_heldout(splats, bman, heldout, Path(bman["images_dir"]), scale, truth, vdir,
                                appearance=m.get("appearance"))

@@ -69,6 +69,25 @@ def nearest_appearance(camera, train_cameras, appearance: dict) -> tuple[torch.T
     return torch.tensor(code["gain"], dtype=torch.float32), torch.tensor(code["bias"], dtype=torch.float32)
 
 
+def photo_brightness(image_dir: Path, cameras, scale: float) -> float:
+    """Mean pixel value of the photos at `scale`: the brightness the camera's auto-exposure held them
+    at (brighton_beach's photos stay within 0.40-0.48 while the ground they show varies twice as much)."""
+    means = []
+    for cam in cameras:
+        _, w, h = cam.scaled(scale)
+        means.append(float(load_image(image_dir / cam.name, w, h).mean()))
+    return float(np.mean(means))
+
+
+def auto_exposed(render: torch.Tensor, alpha: torch.Tensor, target: float) -> torch.Tensor:
+    """The render as an auto-exposing camera would have taken it: one gain that brings the mean
+    brightness of the rendered surface (alpha-weighted, so what the model leaves transparent does
+    not count) to the `target` of the training photos (photo_brightness). Uses no pixel of the
+    photo being predicted."""
+    surface = render.sum() / (3 * alpha.sum()).clamp_min(1e-6)
+    return (render * (target / surface.clamp_min(1e-6))).clamp(0, 1)
+
+
 def lpips_status() -> str:
     import importlib.util
 
@@ -79,10 +98,11 @@ def lpips_status() -> str:
 
 def score_model(splats: dict, manifest: dict, cameras, image_dir: Path, scale: float,
                 renders_dir: Path | None = None, appearance: dict | None = None,
-                train_cameras=None) -> list[dict]:
+                train_cameras=None, exposure_target: float | None = None) -> list[dict]:
     """Render every held-out camera; PSNR, SSIM and the cells its visible surface falls in. With the
     trainer's per-photo `appearance` and the `train_cameras`, also the PSNR of the render in the
-    look of the nearest training photo (`psnr_nearest_appearance`; see nearest_appearance)."""
+    look of the nearest training photo (`psnr_nearest_appearance`; see nearest_appearance); with
+    the training photos' `exposure_target`, the PSNR of the auto-exposed render (`psnr_auto_exposure`)."""
     cells = [p["cell_bounds"] for p in manifest["partitions"]]
     rows = []
     for cam in cameras:
@@ -108,6 +128,9 @@ def score_model(splats: dict, manifest: dict, cameras, image_dir: Path, scale: f
         if code is not None:
             looked = (out[..., :3] * (1 + code[0]) + code[1]).clamp(0, 1)
             rows[-1]["psnr_nearest_appearance"] = round(psnr(looked, gt), 4)
+        if exposure_target is not None:
+            exposed = auto_exposed(out[..., :3], alpha, exposure_target)
+            rows[-1]["psnr_auto_exposure"] = round(psnr(exposed, gt), 4)
         if renders_dir is not None:
             pair = np.concatenate([img.numpy(), gt.numpy()], 1)
             renders_dir.mkdir(parents=True, exist_ok=True)
@@ -183,14 +206,19 @@ def evaluate(manifest_path, merged_ply, metrics_out, renders_dir, train_cfg: Tra
     if not cameras:
         raise ValueError("no held-out images: set partition.heldout_every > 0 to evaluate")
     splats = read_ply(merged_ply)
+    target = photo_brightness(image_dir, load_cameras(manifest, manifest["train"]), train_cfg.image_scale)
     with atomic_path(renders_dir) as tmp_renders:
-        rows = score_model(splats, manifest, cameras, image_dir, train_cfg.image_scale, tmp_renders)
+        rows = score_model(splats, manifest, cameras, image_dir, train_cfg.image_scale, tmp_renders,
+                           exposure_target=target)
     metrics = {
         "heldout_psnr": _mean(rows, "psnr"),
         "heldout_ssim": _mean(rows, "ssim"),
         "heldout_psnr_right_half_appearance_fit": _mean(rows, "psnr_right_half_appearance_fit"),
+        "heldout_psnr_auto_exposure": _mean(rows, "psnr_auto_exposure"),
         "appearance_protocol": "raw: no appearance correction; right_half_appearance_fit: per-channel "
-                               "gain/offset fitted on the photo's left half, PSNR on its right half",
+                               "gain/offset fitted on the photo's left half, PSNR on its right half; "
+                               "auto_exposure: one gain bringing the rendered surface's mean brightness "
+                               "to the training photos' (no pixel of the held-out photo used)",
         "heldout_lpips": None,
         "heldout_lpips_note": lpips_status(),
         "heldout_images": rows,
