@@ -24,8 +24,8 @@ Held-out scoring: PSNR/SSIM of the raw render (no appearance correction), and th
 protocol (per-channel gain and offset fitted on the left half of the photo, PSNR on the right half);
 with an appearance model, also the render in the look of the nearest training photo (its learned
 correction; no held-out pixel is used: `heldout_psnr_nearest_appearance`); for every variant, the
-render as an auto-exposing camera would take it (one gain bringing the rendered surface's mean
-brightness to the training photos': `heldout_psnr_auto_exposure`); expected and median
+render as an auto-exposing camera would take it (one gain bringing the render's mean brightness
+to the training photos': `heldout_psnr_auto_exposure`); expected and median
 depth per held-out view as float32 TIFF; depth error against the scene's truth DSM (synthetic
 scenes) or its reference point cloud (`reference/model.laz` beside the images, aligned to our SfM
 points by a translation first, since both are georeferenced by consumer GPS).
