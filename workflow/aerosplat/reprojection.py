@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .depthmaps import pixel_rays_world
+
 
 @dataclass
 class SourcePhoto:
@@ -36,16 +38,6 @@ class Reprojection:
     nearest: np.ndarray  # [H, W, 3] colour from the first source that sees the pixel; NaN: none does
     mean: np.ndarray  # [H, W, 3] mean colour over every source that sees it; NaN: none does
     count: np.ndarray  # [H, W] how many sources see it
-
-
-def surface_points(depth: np.ndarray, K: np.ndarray, w2c: np.ndarray) -> np.ndarray:
-    """World points [H*W, 3] at each pixel centre's z-depth (NaN depth gives NaN points)."""
-    h, w = depth.shape
-    v, u = np.mgrid[0:h, 0:w] + 0.5
-    rays = np.stack([u, v, np.ones_like(u)], -1).reshape(-1, 3) @ np.linalg.inv(K).T
-    cam = rays * depth.reshape(-1, 1)
-    R, t = np.asarray(w2c)[:3, :3], np.asarray(w2c)[:3, 3]
-    return (cam - t) @ R
 
 
 def bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -67,7 +59,8 @@ def reproject(depth: np.ndarray, K: np.ndarray, w2c: np.ndarray, sources: list[S
     (nearest first, for `nearest`). A source sees the point when it projects inside its frame, in
     front of it and, if the source has a depth map, within `occlusion_tolerance` (relative) of it."""
     h, w = depth.shape
-    X = surface_points(depth, K, w2c)
+    centre, rays = pixel_rays_world(np.asarray(K, float), np.asarray(w2c, float), w, h)
+    X = (centre + rays * depth[..., None]).reshape(-1, 3)  # NaN depth: NaN point
     known = np.isfinite(X).all(1)
     nearest = np.full((h * w, 3), np.nan)
     total = np.zeros((h * w, 3))
