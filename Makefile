@@ -35,7 +35,7 @@ demo: install
 	$(BIN)/python -m aerosplat.summary results/sample
 
 test: install
-	$(BIN)/python -m pytest -v --durations=15
+	$(BIN)/python -m pytest -v --durations=0 --durations-min=5
 
 test-fast: install
 	$(BIN)/python -m pytest -v -m "not slow"

@@ -92,6 +92,18 @@ def train_gpus(wildcards):
     return 0 if SCENES[wildcards.scene]["train"]["device"] == "cpu" else 1
 
 
+def train_threads(wildcards):
+    """Local runs share the cores among the scene's training jobs, which run side by side: one thread
+    each when there are several, all of them for a scene of one partition (a SLURM profile sets its
+    own count with `set-threads`)."""
+    try:
+        cores = workflow.cores
+    except WorkflowError:  # no --cores (a cluster executor): the profile's set-threads decides
+        return 1
+    jobs = len(partition_ids(wildcards.scene)) + int(SCENES[wildcards.scene]["evaluate"]["compare_monolithic"])
+    return max(1, int(cores) // max(jobs, 1))
+
+
 def partition_ids(scene):
     """Partition ids from the checkpoint's manifest (re-evaluated once it exists)."""
     manifest = checkpoints.partition.get(scene=scene).output.manifest

@@ -15,7 +15,7 @@ rule train:
         options=lambda wc: SCENES[wc.scene]["train"],
         # Per job, so switching it off re-runs only the partitions it failed (tests only).
         inject_failure=lambda wc: wc.pid in SCENES[wc.scene]["testing"]["fail_partitions"],
-    threads: 1
+    threads: train_threads
     resources:
         # Grows with each retry (`retries` in the SLURM profile) after an out-of-memory kill.
         mem_mb=lambda wc, attempt: 16000 * attempt,
@@ -34,6 +34,9 @@ rule train:
 use rule train as train_monolithic with:
     message:
         "Training {wildcards.scene} as one partition (quality reference)"
+    # The reference usually trains alone once the partitions are done: two threads keep a 2-core
+    # machine busy (the SLURM profile sets its own count).
+    threads: 2
     output:
         splats="results/{scene}/monolithic/splats.ply",
         metrics="results/{scene}/monolithic/metrics.json",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,10 +48,47 @@ def needs_dataset(name: str):
     return pytest.mark.skipif(not path.is_dir(), reason=f"dataset {name} not present at {path} (shared/ not beside the checkout)")
 
 
+# The sample scene at the test settings (tests/scenes/sample.yaml: the demo's photos, SfM, georef
+# and partitions; a shorter training). Every workflow test that needs a finished stage of the sample
+# reads it from the one session run below, staged so that tests needing only georef do not wait for
+# training; a test that changes a run works on a copy (`copy_run`).
+TEST_SCENES = ROOT / "tests" / "scenes"
+SAMPLE_CONFIG = ("--config", f"scenes_dir={TEST_SCENES}", "scenes=[sample]")
+# Stage folders of results/<scene>/ up to and including georef (what the georef-level fixture made).
+GEOREF_STAGES = ("synthetic", "ingest", "sfm", "georef")
+
+
+def copy_run(src: Path, dst: Path, stages: tuple[str, ...] | None = None, scene: str = "sample") -> Path:
+    """Copy a finished workflow folder (`stages` of results/<scene>/, or all of them) with its logs,
+    benchmarks and Snakemake's metadata, timestamps kept, so that Snakemake started in `dst` takes
+    the copied stages as done and runs only what is missing or changed there."""
+    src_res, dst_res = src / "results" / scene, dst / "results" / scene
+    names = stages if stages is not None else sorted(p.name for p in src_res.iterdir())
+    dst_res.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copytree(src_res / name, dst_res / name, symlinks=True, dirs_exist_ok=True)
+    for folder in ("logs", "benchmarks", ".snakemake/metadata"):
+        if (src / folder).is_dir():
+            shutil.copytree(src / folder, dst / folder, symlinks=True, dirs_exist_ok=True)
+    return dst
+
+
 @pytest.fixture(scope="session")
-def sample_run(tmp_path_factory) -> Path:
-    """The built-in sample scene run through the workflow once per test session (generate, ingest,
-    sfm, georef); returns the working directory holding results/sample/."""
-    work = tmp_path_factory.mktemp("sample_run")
-    run_snakemake(work, "--cores", "2")
-    return work
+def sample_workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("sample_run")
+
+
+@pytest.fixture(scope="session")
+def sample_georef(sample_workdir) -> Path:
+    """The sample scene (test settings) through generate, ingest, sfm and georef, once per test session; returns the
+    working directory holding results/sample/. Training continues in the same folder (`sample_run`)."""
+    run_snakemake(sample_workdir, "--cores", "2", *SAMPLE_CONFIG, "results/sample/georef/frame.json")
+    return sample_workdir
+
+
+@pytest.fixture(scope="session")
+def sample_run(sample_georef) -> Path:
+    """The sample scene through the whole workflow (partition, train, merge, evaluate, with the
+    monolithic reference), once per test session, in the folder of `sample_georef`."""
+    run_snakemake(sample_georef, "--cores", "2", *SAMPLE_CONFIG)
+    return sample_georef

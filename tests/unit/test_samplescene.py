@@ -230,16 +230,16 @@ def test_recipe_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_real_recipe_output(sample_run: Path) -> None:
+def test_real_recipe_output(sample_georef: Path) -> None:
     """The shipped recipe as the workflow generated it: 30 photos, 6 GCPs, and the focal COLMAP
     recovers from the pixels is the one the truth says."""
-    out = sample_run / "results" / "sample" / "synthetic"
+    out = sample_georef / "results" / "sample" / "synthetic"
     truth = _cameras(out)
     assert len(truth["images"]) == 30 and sum(im["oblique"] for im in truth["images"]) == 6
     with Image.open(out / "images" / "IMG_0001.jpg") as im:
         assert im.size == (640, 480)
     header, rows = _gcp_lines(out)
     assert header == "EPSG:32632" and len({r[6] for r in rows}) == 6
-    report = json.loads((sample_run / "results" / "sample" / "sfm" / "report.json").read_text())
+    report = json.loads((sample_georef / "results" / "sample" / "sfm" / "report.json").read_text())
     (cam,) = report["cameras"].values()
     assert cam["params"][0] == pytest.approx(truth["fx"], rel=0.01)

@@ -12,13 +12,13 @@ from aerosplat import georef, ingest
 pytestmark = pytest.mark.slow
 
 
-def _truth(sample_run):
-    return json.loads((sample_run / "results/sample/synthetic/truth/cameras.json").read_text())
+def _truth(sample_georef):
+    return json.loads((sample_georef / "results/sample/synthetic/truth/cameras.json").read_text())
 
 
-def test_geo_txt_with_accuracies_and_one_wild_fix(sample_run, tmp_path):
-    res = sample_run / "results/sample"
-    truth = _truth(sample_run)
+def test_geo_txt_with_accuracies_and_one_wild_fix(sample_georef, tmp_path):
+    res = sample_georef / "results/sample"
+    truth = _truth(sample_georef)
     lines = ["WGS84 UTM 32N"]
     for i, im in enumerate(truth["images"]):
         e, n, h = im["center"]
@@ -41,8 +41,8 @@ def test_geo_txt_with_accuracies_and_one_wild_fix(sample_run, tmp_path):
 
 
 @pytest.mark.parametrize("method,bound", [("gcp", 0.1), ("gps", 1.5)])
-def test_gcp_only_and_gps_only(sample_run, tmp_path, method, bound):
-    res = sample_run / "results/sample"
+def test_gcp_only_and_gps_only(sample_georef, tmp_path, method, bound):
+    res = sample_georef / "results/sample"
     frame = georef.run(res / "sfm/sparse", res / "ingest/exif.csv", tmp_path / "sparse", tmp_path / "frame.json",
                        gcp_list=res / "synthetic/gcp_list.txt" if method == "gcp" else None,
                        truth_dir=res / "synthetic/truth", options={"method": method})

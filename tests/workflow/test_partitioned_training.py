@@ -1,6 +1,7 @@
 """The sample scene through partition -> train -> merge -> evaluate, and re-running one partition.
 
-These use the session's `sample_run` (the whole workflow, CPU path, demo settings).
+These use the session's `sample_run` (the whole workflow, CPU path, the test settings of
+tests/scenes/sample.yaml); the test that deletes and retrains a partition works on a copy of it.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ import numpy as np
 import pytest
 
 from aerosplat.splats import read_ply
-from conftest import ROOT, SNAKEMAKE, job_counts, run_snakemake
+from conftest import ROOT, SAMPLE_CONFIG, SNAKEMAKE, copy_run, job_counts, run_snakemake
 
 pytestmark = pytest.mark.slow
+
+# Held-out PSNR floor of the sample at the test settings (tests/scenes/sample.yaml); see tests/README.md.
+SAMPLE_MIN_PSNR = 25.0
 
 
 def _json(path):
@@ -56,17 +60,25 @@ def test_manifest_partitions_the_sample(sample_run):
 def test_merged_model_scores_on_heldout_views(sample_run):
     res = sample_run / "results/sample"
     metrics = _json(res / "merged/metrics.json")
+    manifest = _json(res / "partitions/manifest.json")
     assert metrics["num_partitions"] >= 2
-    assert metrics["heldout_psnr"] >= 25.0, metrics["heldout_images"]
+    assert metrics["heldout_psnr"] >= SAMPLE_MIN_PSNR, metrics["heldout_images"]
     assert 0.7 < metrics["heldout_ssim"] <= 1.0
-    # Partitioning costs no quality against one model of the whole scene with the same settings
-    # (measured -0.28 dB). With 4 held-out views one run varies by about 1 dB (SfM is not bit-
-    # deterministic), so the guard allows 1 dB; metrics.json reports the difference of each run.
+    # Partitioning costs no quality against one model of the whole scene with the same settings.
+    # With 4 held-out views one run varies by about 1 dB (SfM is not bit-deterministic), so the
+    # guard allows 1 dB; metrics.json reports the difference of each run.
     assert metrics["heldout_psnr"] >= metrics["monolithic_heldout_psnr"] - 1.0
-    assert metrics["partitioned_minus_monolithic_db"] == pytest.approx(
-        metrics["heldout_psnr"] - metrics["monolithic_heldout_psnr"], abs=1e-3)
-    assert len(metrics["heldout_images"]) == len(_json(res / "partitions/manifest.json")["heldout"])
-    assert metrics["seam"]["border_views"] or metrics["seam"]["interior_psnr"] is not None
+    # The reference is one model of every training photo, and itself a working model.
+    mono = _json(res / "monolithic/metrics.json")
+    assert mono["num_images"] == len(manifest["train"])
+    assert metrics["monolithic_heldout_psnr"] >= SAMPLE_MIN_PSNR
+    assert len(metrics["heldout_images"]) == len(manifest["heldout"])
+    # The seam: the sample's two cells meet in the middle of the flight, so some held-out views see
+    # both cells; those score no worse than the views inside one cell (no visible seam).
+    seam = metrics["seam"]
+    assert seam["border_views"], metrics["heldout_images"]
+    if seam["interior_psnr"] is not None:
+        assert seam["border_psnr"] >= seam["interior_psnr"] - 1.0, seam
     assert len(list((res / "merged/heldout").glob("*.png"))) == len(metrics["heldout_images"])
 
 
@@ -84,11 +96,12 @@ def test_merged_ply_is_the_cropped_union_in_the_local_frame(sample_run):
     assert -80 < z < -20 and np.abs(merged["means"][:, :2].numpy()).max() < 1e4
 
 
-def test_removing_one_partition_replans_only_it_and_resumes_a_killed_job(sample_run):
-    res = sample_run / "results/sample"
+def test_removing_one_partition_replans_only_it_and_resumes_a_killed_job(sample_run, tmp_path):
+    work = copy_run(sample_run, tmp_path / "work")  # the session's run stays as it was
+    res = work / "results/sample"
     target = res / "partitions/p01/splats.ply"
     target.unlink()
-    dry = run_snakemake(sample_run, "--cores", "2", "-n")
+    dry = run_snakemake(work, "--cores", "2", "-n", *SAMPLE_CONFIG)
     counts = job_counts(dry.stdout)
     assert counts.get("train") == 1, dry.stdout[-3000:]
     assert sorted(set(re.findall(r"Training sample partition (p\d+)", dry.stdout))) == ["p01"]
@@ -97,10 +110,10 @@ def test_removing_one_partition_replans_only_it_and_resumes_a_killed_job(sample_
 
     # Start the re-run, kill everything once the job has written a checkpoint, then run again.
     ckpt = res / "partitions/p01/ckpt/last.pt"
-    cmd = [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--directory", str(sample_run),
-           "--profile", str(ROOT / "profiles" / "default"), "--cores", "2",
+    cmd = [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--directory", str(work),
+           "--profile", str(ROOT / "profiles" / "default"), "--cores", "2", *SAMPLE_CONFIG,
            "results/sample/partitions/p01/splats.ply"]
-    proc = subprocess.Popen(cmd, cwd=sample_run, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 600
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
@@ -109,13 +122,13 @@ def test_removing_one_partition_replans_only_it_and_resumes_a_killed_job(sample_
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not target.exists()
-    run_snakemake(sample_run, "--unlock")  # a killed Snakemake leaves its directory lock behind
-    run_snakemake(sample_run, "--cores", "2")
-    log = (sample_run / "logs/train/sample/p01.log").read_text()
+    run_snakemake(work, "--unlock", *SAMPLE_CONFIG)  # a killed Snakemake leaves its directory lock behind
+    run_snakemake(work, "--cores", "2", *SAMPLE_CONFIG)
+    log = (work / "logs/train/sample/p01.log").read_text()
     resumed = re.findall(r"resumed p01 from checkpoint at step (\d+)", log)
     assert resumed and int(resumed[-1]) > 0
     m = _json(res / "partitions/p01/metrics.json")
     assert m["resumed_from_step"] == int(resumed[-1])
     assert m["steps_this_run"] == m["steps"] - m["resumed_from_step"]
     assert not ckpt.exists()  # removed once the result is written
-    assert _json(res / "merged/metrics.json")["heldout_psnr"] >= 25.0
+    assert _json(res / "merged/metrics.json")["heldout_psnr"] >= SAMPLE_MIN_PSNR

@@ -16,8 +16,8 @@ def _json(path):
     return json.loads(path.read_text())
 
 
-def test_sample_sfm_registers_everything_precisely(sample_run):
-    report = _json(sample_run / "results/sample/sfm/report.json")
+def test_sample_sfm_registers_everything_precisely(sample_georef):
+    report = _json(sample_georef / "results/sample/sfm/report.json")
     for key in ("registered", "total", "mean_reproj_error_px", "num_points3d", "mean_track_length", "seconds"):
         assert key in report
     assert report["total"] >= 25
@@ -26,9 +26,9 @@ def test_sample_sfm_registers_everything_precisely(sample_run):
     assert report["num_points3d"] > 1000 and report["mean_track_length"] > 3.0
 
 
-def test_sample_georef_matches_truth(sample_run):
-    frame = _json(sample_run / "results/sample/georef/frame.json")
-    truth = _json(sample_run / "results/sample/synthetic/truth/cameras.json")
+def test_sample_georef_matches_truth(sample_georef):
+    frame = _json(sample_georef / "results/sample/georef/frame.json")
+    truth = _json(sample_georef / "results/sample/synthetic/truth/cameras.json")
     assert frame["epsg"] == truth["epsg"] == 32632  # UTM zone of the scene centroid
     for key in ("origin", "scale", "rmse_gps_m", "per_image", "gt_camera_rmse_m"):
         assert key in frame
@@ -41,12 +41,12 @@ def test_sample_georef_matches_truth(sample_run):
     assert frame["height_prior"]["nadir_only"] is False  # the sample has obliques
 
 
-def test_sample_points_lie_on_the_true_surface(sample_run):
+def test_sample_points_lie_on_the_true_surface(sample_georef):
     """Georeferenced sparse points against the true DSM: the local frame + origin is the delivery CRS."""
-    frame = _json(sample_run / "results/sample/georef/frame.json")
-    rec = pycolmap.Reconstruction(str(sample_run / "results/sample/georef/sparse"))
+    frame = _json(sample_georef / "results/sample/georef/frame.json")
+    rec = pycolmap.Reconstruction(str(sample_georef / "results/sample/georef/sparse"))
     pts = np.array([p.xyz for p in rec.points3D.values()]) + np.array(frame["origin"])
-    with rasterio.open(sample_run / "results/sample/synthetic/truth/dsm.tif") as dsm:
+    with rasterio.open(sample_georef / "results/sample/synthetic/truth/dsm.tif") as dsm:
         assert dsm.crs.to_epsg() == frame["epsg"]
         z = np.array([v[0] for v in dsm.sample(pts[:, :2])])
         inside = z != dsm.nodata

@@ -30,8 +30,8 @@ def _unrelated_photo(path, seed, size=(640, 480)):
     Image.fromarray(img).save(path, exif=piexif.dump({"0th": {}, "Exif": {}, "GPS": gps}), quality=92)
 
 
-def test_non_overlapping_photos_fail_with_fraction_and_keep_partial_model(sample_run, tmp_path):
-    src = sorted((sample_run / "results/sample/synthetic/images").glob("*.jpg"))
+def test_non_overlapping_photos_fail_with_fraction_and_keep_partial_model(sample_georef, tmp_path):
+    src = sorted((sample_georef / "results/sample/synthetic/images").glob("*.jpg"))
     photos = tmp_path / "photos"
     photos.mkdir()
     for p in src[:4]:  # four consecutive shots of one flight line overlap each other

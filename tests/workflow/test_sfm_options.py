@@ -12,8 +12,8 @@ from aerosplat import sfm
 pytestmark = pytest.mark.slow
 
 
-def test_spatial_matcher_and_global_mapper(sample_run, tmp_path):
-    res = sample_run / "results/sample"
+def test_spatial_matcher_and_global_mapper(sample_georef, tmp_path):
+    res = sample_georef / "results/sample"
     out = tmp_path / "sfm"
     report = sfm.run(res / "ingest/images", res / "ingest/exif.csv", out / "sparse", out / "report.json",
                      out / "database.db", threads=2,
