@@ -13,6 +13,10 @@ from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
+# The thinned-sample comparison's training budget: the smallest measured that still separates the two
+# trainers on every asserted figure (1000 before; tests/README.md).
+THIN_STEPS = 500
+
 
 def test_every_view_gets_expected_and_median_depth_scored_against_the_true_dsm(sample_run):
     from aerosplat.depthmaps import read_depth_tiff
@@ -44,17 +48,19 @@ def test_every_view_gets_expected_and_median_depth_scored_against_the_true_dsm(s
 def test_thinned_sample_ours_recovers_the_surface_the_plain_loop_misses(sample_run, tmp_path):
     """Every second nadir photo trains; the 8 between two training photos are scored. The bar the
     sparse-view issue sets (+3 dB over the plain loop) is not met (see bench/results/README.md);
-    what is asserted is what was measured in three runs on three SfM reconstructions (1000 steps,
-    GSD 0.30 m): ours 29.1-29.3 dB vs plain 29.7-30.1 dB; median-depth error 0.32-0.35 m vs
-    0.43-0.51 m; expected-depth error 0.36-0.41 m vs 2.0-5.5 m (plain's floaters smear it). So:
-    depth within 2 GSD of the truth DSM, no worse than plain's median depth and far better in
-    expected depth, for at most a small loss of held-out PSNR and SSIM."""
+    what is asserted is what was measured. At 1000 steps, three runs on three SfM reconstructions
+    (GSD 0.30 m): ours 29.1-29.3 dB vs plain 29.7-30.1 dB; median-depth error 0.32-0.35 m vs
+    0.43-0.51 m; expected-depth error 0.36-0.41 m vs 2.0-5.5 m (plain's floaters smear it). At the
+    500 steps run here (tests/README.md): ours 27.25 dB / SSIM 0.823 vs plain 27.75 / 0.836;
+    median depth 0.45 m vs 0.50 m; expected depth 0.74 m vs 2.70 m. So: depth within 2 GSD of the
+    truth DSM, no worse than plain's median depth and far better in expected depth, for at most a
+    small loss of held-out PSNR and SSIM."""
     # The two variants side by side, one thread each (two small trainings share 2 cores better
     # than one after the other with two threads each).
     procs = {}
     for variant in ("plain", "ours"):
         cmd = [sys.executable, str(ROOT / "bench" / "quality.py"), "--scene", "sample",
-               "--results", str(sample_run / "results"), "--split", "thin-nadir", "--steps", "1000",
+               "--results", str(sample_run / "results"), "--split", "thin-nadir", "--steps", str(THIN_STEPS),
                "--variants", variant, "--threads", "1", "--out", str(tmp_path / f"{variant}.json")]
         with open(tmp_path / f"{variant}.log", "w") as log:
             procs[variant] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
