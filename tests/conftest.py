@@ -53,6 +53,7 @@ def needs_dataset(name: str):
 # reads it from the one session run below, staged so that tests needing only georef do not wait for
 # training; a test that changes a run works on a copy (`copy_run`).
 TEST_SCENES = ROOT / "tests" / "scenes"
+# `--config` takes every argument after it: targets go before it.
 SAMPLE_CONFIG = ("--config", f"scenes_dir={TEST_SCENES}", "scenes=[sample]")
 # Stage folders of results/<scene>/ up to and including georef (what the georef-level fixture made).
 GEOREF_STAGES = ("synthetic", "ingest", "sfm", "georef")
@@ -82,7 +83,7 @@ def sample_workdir(tmp_path_factory) -> Path:
 def sample_georef(sample_workdir) -> Path:
     """The sample scene (test settings) through generate, ingest, sfm and georef, once per test session; returns the
     working directory holding results/sample/. Training continues in the same folder (`sample_run`)."""
-    run_snakemake(sample_workdir, "--cores", "2", *SAMPLE_CONFIG, "results/sample/georef/frame.json")
+    run_snakemake(sample_workdir, "--cores", "2", "results/sample/georef/frame.json", *SAMPLE_CONFIG)
     return sample_workdir
 
 

@@ -111,8 +111,8 @@ def test_removing_one_partition_replans_only_it_and_resumes_a_killed_job(sample_
     # Start the re-run, kill everything once the job has written a checkpoint, then run again.
     ckpt = res / "partitions/p01/ckpt/last.pt"
     cmd = [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--directory", str(work),
-           "--profile", str(ROOT / "profiles" / "default"), "--cores", "2", *SAMPLE_CONFIG,
-           "results/sample/partitions/p01/splats.ply"]
+           "--profile", str(ROOT / "profiles" / "default"), "--cores", "2",
+           "results/sample/partitions/p01/splats.ply", *SAMPLE_CONFIG]
     proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 600
