@@ -39,9 +39,10 @@ pytestmark = pytest.mark.slow
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
 PARTITION, ACCOUNT = "test", "aerosplat"  # as cluster.sh creates them
 # A short training at a small resolution, its depth prior swept at a small size: every code path of
-# the training job, in seconds (held-out PSNR measured: see tests/README.md).
+# the training job, in about 25 s a job instead of about 115 s (400 steps at 240 x 180 before). The
+# held-out floor stays where it was: measured 23.4 dB at these settings (24.4 dB before).
 TRAIN = {"steps": 200, "image_scale": 0.25, "sh_degree_interval": 50, "mvs_max_size": 80}
-MIN_PSNR = 18.0
+MIN_PSNR = 21.0
 SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: (\S*/rule_(\w+)/([^/\s]*)/\d+\.log)\)")
 
 
@@ -253,7 +254,9 @@ def test_cpu_scene_plans_its_jobs_without_gpu(runs, tmp_path):
     per-scene choice: with `train.device: cpu`, no training job asks for one."""
     scenes = tmp_path / "scenes"
     write_scene(scenes, [], device="cpu")
-    proc = run_snakemake(runs["work"], "-n", "--forcerun", "train", "--config", f"scenes_dir={scenes}",
-                         "scenes=[sample]", profile=runs["profile"])
+    # The scene file's path is a parameter of georef: with provenance triggers, the plan would redo
+    # georef and stop at the partition checkpoint, before any training job is known.
+    proc = run_snakemake(runs["work"], "-n", "--rerun-triggers", "mtime", "--forcerun", "train",
+                         "--config", f"scenes_dir={scenes}", "scenes=[sample]", profile=runs["profile"])
     jobs = re.findall(r"Training sample partition (p\d+) \(gpu=(\d+),", proc.stdout)
     assert sorted(jobs) == [("p00", "0"), ("p01", "0")], proc.stdout[-3000:]

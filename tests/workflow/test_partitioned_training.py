@@ -108,10 +108,12 @@ def test_removing_one_partition_replans_only_it_and_resumes_a_killed_job(sample_
     assert counts.get("merge") == 1 and counts.get("evaluate") == 1
     assert not {"sfm", "georef", "partition", "train_monolithic"} & set(counts)
 
-    # Start the re-run, kill everything once the job has written a checkpoint, then run again.
+    # Start the re-run, kill everything once the job has written a checkpoint, then run again. The
+    # one partition retrains alone here: on both cores (threads are no provenance: nothing else reruns).
     ckpt = res / "partitions/p01/ckpt/last.pt"
+    alone = ("--cores", "2", "--set-threads", "train=2")
     cmd = [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--directory", str(work),
-           "--profile", str(ROOT / "profiles" / "default"), "--cores", "2",
+           "--profile", str(ROOT / "profiles" / "default"), *alone,
            "results/sample/partitions/p01/splats.ply", *SAMPLE_CONFIG]
     proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -123,7 +125,7 @@ def test_removing_one_partition_replans_only_it_and_resumes_a_killed_job(sample_
     proc.wait()
     assert not target.exists()
     run_snakemake(work, "--unlock", *SAMPLE_CONFIG)  # a killed Snakemake leaves its directory lock behind
-    run_snakemake(work, "--cores", "2", *SAMPLE_CONFIG)
+    run_snakemake(work, *alone, *SAMPLE_CONFIG)
     log = (work / "logs/train/sample/p01.log").read_text()
     resumed = re.findall(r"resumed p01 from checkpoint at step (\d+)", log)
     assert resumed and int(resumed[-1]) > 0
