@@ -48,8 +48,8 @@ def needs_dataset(name: str):
     return pytest.mark.skipif(not path.is_dir(), reason=f"dataset {name} not present at {path} (shared/ not beside the checkout)")
 
 
-# The sample scene at the test settings (tests/scenes/sample.yaml: the demo's photos, SfM, georef
-# and partitions; a shorter training). Every workflow test that needs a finished stage of the sample
+# The sample scene at the test settings (tests/scenes/sample.yaml: the demo's photos, SfM, georef,
+# partitions and schedule; smaller training images). Every workflow test that needs a finished stage of the sample
 # reads it from the one session run below, staged so that tests needing only georef do not wait for
 # training; a test that changes a run works on a copy (`copy_run`).
 TEST_SCENES = ROOT / "tests" / "scenes"
@@ -81,8 +81,9 @@ def sample_workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def sample_georef(sample_workdir) -> Path:
-    """The sample scene (test settings) through generate, ingest, sfm and georef, once per test session; returns the
-    working directory holding results/sample/. Training continues in the same folder (`sample_run`)."""
+    """The sample scene (test settings) through generate, ingest, sfm and georef, once per test
+    session; returns the working directory holding results/sample/. Training continues in the same
+    folder (`sample_run`)."""
     run_snakemake(sample_workdir, "--cores", "2", "results/sample/georef/frame.json", *SAMPLE_CONFIG)
     return sample_workdir
 

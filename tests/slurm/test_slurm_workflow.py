@@ -9,10 +9,9 @@
    job fails on every attempt (retried with more memory), the run reports it, p00 still finishes.
 3. The fault switched off: the re-run submits exactly p01's training plus the merge and evaluation,
    and the products are byte-identical to the clean run's (CPU training is deterministic).
-
 4. A scene that forces the CPU (`train.device: cpu`) plans its training jobs with no GPU request.
 
-The training is the smallest that still proves these (TRAIN of the test scene below): the runs test
+The training is the smallest that still proves these (TRAIN below): the runs test
 the orchestration and the determinism of the CPU path, not the model's quality.
 
 The cluster comes from tests/slurm/cluster.sh (Debian packages, no systemd). Outside CI, a machine
