@@ -111,10 +111,10 @@ def test_removing_one_partition_replans_only_it_and_resumes_a_killed_job(sample_
     # Start the re-run, kill everything once the job has written a checkpoint, then run again. The
     # one partition retrains alone here: on both cores (threads are no provenance: nothing else reruns).
     ckpt = res / "partitions/p01/ckpt/last.pt"
-    alone = ("--cores", "2", "--set-threads", "train=2")
+    alone = ("--cores", "2", "--set-threads", "train=2")  # like --config, takes what follows: targets first
     cmd = [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--directory", str(work),
-           "--profile", str(ROOT / "profiles" / "default"), *alone,
-           "results/sample/partitions/p01/splats.ply", *SAMPLE_CONFIG]
+           "--profile", str(ROOT / "profiles" / "default"), "results/sample/partitions/p01/splats.ply",
+           *alone, *SAMPLE_CONFIG]
     proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 600
