@@ -13,9 +13,10 @@ from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
-# The thinned-sample comparison's training budget: the smallest measured that still separates the two
-# trainers on every asserted figure (1000 before; tests/README.md).
-THIN_STEPS = 500
+# The thinned-sample comparison's training budget. 500 steps halves the test, but the median depths
+# then barely separate (ours vs plain: 0.451 vs 0.498 m, then 0.437 vs 0.444 m on another SfM), so
+# the comparison keeps the 1000 steps its figures were measured at (tests/README.md).
+THIN_STEPS = 1000
 
 
 def test_every_view_gets_expected_and_median_depth_scored_against_the_true_dsm(sample_run):
@@ -48,13 +49,11 @@ def test_every_view_gets_expected_and_median_depth_scored_against_the_true_dsm(s
 def test_thinned_sample_ours_recovers_the_surface_the_plain_loop_misses(sample_run, tmp_path):
     """Every second nadir photo trains; the 8 between two training photos are scored. The bar the
     sparse-view issue sets (+3 dB over the plain loop) is not met (see bench/results/README.md);
-    what is asserted is what was measured. At 1000 steps, three runs on three SfM reconstructions
-    (GSD 0.30 m): ours 29.1-29.3 dB vs plain 29.7-30.1 dB; median-depth error 0.32-0.35 m vs
-    0.43-0.51 m; expected-depth error 0.36-0.41 m vs 2.0-5.5 m (plain's floaters smear it). At the
-    500 steps run here (tests/README.md): ours 27.25 dB / SSIM 0.823 vs plain 27.75 / 0.836;
-    median depth 0.45 m vs 0.50 m; expected depth 0.74 m vs 2.70 m. So: depth within 2 GSD of the
-    truth DSM, no worse than plain's median depth and far better in expected depth, for at most a
-    small loss of held-out PSNR and SSIM."""
+    what is asserted is what was measured in three runs on three SfM reconstructions (1000 steps,
+    GSD 0.30 m): ours 29.1-29.3 dB vs plain 29.7-30.1 dB; median-depth error 0.32-0.35 m vs
+    0.43-0.51 m; expected-depth error 0.36-0.41 m vs 2.0-5.5 m (plain's floaters smear it). So:
+    depth within 2 GSD of the truth DSM, no worse than plain's median depth and far better in
+    expected depth, for at most a small loss of held-out PSNR and SSIM."""
     # The two variants side by side, one thread each (two small trainings share 2 cores better
     # than one after the other with two threads each).
     procs = {}
