@@ -49,9 +49,9 @@ def needs_dataset(name: str):
 
 
 # The sample scene at the test settings (tests/scenes/sample.yaml: the demo's photos, SfM, georef,
-# partitions and schedule; smaller training images). Every workflow test that needs a finished stage of the sample
-# reads it from the one session run below, staged so that tests needing only georef do not wait for
-# training; a test that changes a run works on a copy (`copy_run`).
+# partitions and schedule; smaller training images). Every workflow test that needs a finished
+# stage of the sample reads it from the one session run below, staged so that tests needing only
+# georef do not wait for training; a test that changes a run works on a copy (`copy_run`).
 TEST_SCENES = ROOT / "tests" / "scenes"
 # `--config` takes every argument after it: targets go before it.
 SAMPLE_CONFIG = ("--config", f"scenes_dir={TEST_SCENES}", "scenes=[sample]")
@@ -75,17 +75,13 @@ def copy_run(src: Path, dst: Path, stages: tuple[str, ...] | None = None, scene:
 
 
 @pytest.fixture(scope="session")
-def sample_workdir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("sample_run")
-
-
-@pytest.fixture(scope="session")
-def sample_georef(sample_workdir) -> Path:
+def sample_georef(tmp_path_factory) -> Path:
     """The sample scene (test settings) through generate, ingest, sfm and georef, once per test
     session; returns the working directory holding results/sample/. Training continues in the same
     folder (`sample_run`)."""
-    run_snakemake(sample_workdir, "--cores", "2", "results/sample/georef/frame.json", *SAMPLE_CONFIG)
-    return sample_workdir
+    work = tmp_path_factory.mktemp("sample_run")
+    run_snakemake(work, "--cores", "2", "results/sample/georef/frame.json", *SAMPLE_CONFIG)
+    return work
 
 
 @pytest.fixture(scope="session")
