@@ -13,6 +13,7 @@ rule ingest:
     params:
         max_image_size=lambda wc: SCENES[wc.scene]["ingest"]["max_image_size"],
         min_images=lambda wc: SCENES[wc.scene]["ingest"]["min_images"],
+        calibration=lambda wc: SCENES[wc.scene]["ingest"]["calibration"],
     threads: 2
     log:
         "logs/ingest/{scene}.log",

@@ -13,6 +13,7 @@ ingest.run(
     out_skipped_csv=snakemake.output.skipped,
     max_image_size=snakemake.params.max_image_size,
     min_images=snakemake.params.min_images,
+    calibration_config=snakemake.params.calibration,
     threads=snakemake.threads,
     geo_txt=snakemake.input.get("geo_txt"),
     gcp_list=snakemake.input.get("gcp_list"),

@@ -6,11 +6,17 @@ when given, ground control points triangulated from their image observations —
 with a robust fit (`simfit`). The delivered model lives in the *local frame*:
 delivery CRS coordinates minus `origin`, Z up, metres.
 
+Each position weighs by its own accuracy: the receiver's RTK standard deviations
+(DJI XMP), geo.txt's accuracies, else the consumer-GPS default (`gps_sigma_*`);
+`frame.json` lists the accuracy each position was given and the RTK share.
+
 Nadir-only flights: over flat ground a nadir camera cannot separate focal length
 from flying height, so the model's heights are only as good as the focal prior
 SfM held. We say so in `frame.json` (`height_prior`), and compare the model's
 flying height above the ground it sees with the relative altitude (DJI XMP
-`RelativeAltitude`, height above the take-off point). With
+`RelativeAltitude`, height above the take-off point): when the focal is an
+estimate (sensor width, 35 mm equivalent) and the two disagree by more than
+`height_check_tolerance`, a warning names both heights and both explanations. With
 `height_prior: relative_altitude` the focal is rescaled until they match (bundle
 adjustment re-run with the focal held each time) — right only when the drone
 took off at the level of the mapped ground, hence opt-in.
@@ -31,9 +37,9 @@ from pyproj import CRS
 from . import crs as crsmod
 from .errors import InputError, StageFailure
 from .fileio import atomic_path, read_json, write_json
-from .ingest import DEFAULT_GPS_SIGMA_H_M, DEFAULT_GPS_SIGMA_V_M, ImageMeta, read_exif_csv
+from .ingest import DEFAULT_GPS_SIGMA_H_M, DEFAULT_GPS_SIGMA_V_M, RTK_FLAGS, ImageMeta, read_exif_csv
 from .odm_formats import parse_crs_header, parse_gcp_list
-from .sfm import is_nadir_only
+from .sfm import HEURISTIC_FOCAL_SOURCES, is_nadir_only
 from .simfit import FitResult, Similarity, fit_similarity_robust
 
 log = logging.getLogger(__name__)
@@ -52,6 +58,7 @@ class GeorefOptions:
     # it on nadir-only flights | off
     height_prior: str = "check"
     height_prior_tolerance: float = 0.005  # stop when model AGL matches the prior to this fraction
+    height_check_tolerance: float = 0.05  # warn when model AGL and relative altitude differ by more
     gcp_max_reproj_px: float = 5.0
     seed: int = 0
 
@@ -222,10 +229,13 @@ def _height_prior(rec, fit, metas, opts, refit, current):
                  "focal_px": [float(c.mean_focal_length()) for c in rec.cameras.values()]})
     if agl is not None:
         info["ground_above_takeoff_m"] = prior - agl
-        if abs(agl / prior - 1.0) > 0.05:
-            log.warning("model flying height %.1f m vs relative altitude %.1f m: the mapped ground is %.1f m %s the "
-                        "take-off point, or the focal prior is off by %.0f %%", agl, prior, abs(prior - agl),
-                        "above" if prior > agl else "below", 100 * abs(prior / agl - 1))
+        check = height_check(agl, prior, focal_src, info["focal_px"], opts.height_check_tolerance)
+        if check and info["nadir_only"]:
+            info["warning" if set(focal_src) & set(HEURISTIC_FOCAL_SOURCES + ("none",)) else "check"] = check
+            if "warning" in info:
+                log.warning("%s", check)
+            else:
+                log.info("%s", check)
     if opts.height_prior == "relative_altitude" and info["nadir_only"]:
         for it in range(6):
             if agl is None or abs(agl / prior - 1.0) <= opts.height_prior_tolerance:
@@ -241,6 +251,42 @@ def _height_prior(rec, fit, metas, opts, refit, current):
                      "note": "nadir-only flight: flying height set from the relative altitude, assuming the take-off "
                              "point is at the level of the mapped ground"})
     return info, fit, src, dst, sig, kinds, tri
+
+
+def height_check(agl: float, prior: float, focal_sources: list[str], focal_px: list[float],
+                 tolerance: float) -> str | None:
+    """The message for a model flying height that disagrees with the relative altitude, else None.
+
+    Two explanations fit a nadir-only flight, and only the user knows which: the take-off point is
+    not at the level of the mapped ground, or the focal prior is off by the same ratio.
+    """
+    ratio = agl / prior
+    if abs(ratio - 1.0) <= tolerance:
+        return None
+    focal = ", ".join(f"{f:.1f}" for f in focal_px)
+    return (f"model flying height {agl:.1f} m vs relative altitude {prior:.1f} m ({100 * (ratio - 1):+.1f} %, "
+            f"tolerance {100 * tolerance:.0f} %): either the take-off point is {abs(prior - agl):.1f} m "
+            f"{'below' if prior > agl else 'above'} the mapped ground, or the focal-length prior "
+            f"({', '.join(focal_sources)}; {focal} px) is off by {100 * abs(1 / ratio - 1):.1f} % and every height "
+            f"with it. Choose with `georef.height_prior` in the scene YAML: `relative_altitude` rescales the "
+            f"focal to the relative altitude (right when the drone took off at ground level), `check` keeps the "
+            f"focal (right when the take-off point was higher or lower); a factory calibration "
+            f"(`ingest.calibration`) settles it.")
+
+
+def position_accuracy(metas: list[ImageMeta], positions: dict) -> dict:
+    """Share of RTK-fixed photos and the accuracies the positions were given, for frame.json."""
+    used = [m for m in metas if m.name in positions]
+    flags = [RTK_FLAGS.get(m.rtk_flag, "none" if m.rtk_flag is None else f"flag {m.rtk_flag}") for m in used]
+    sig = np.array([positions[m.name][1] for m in used]).reshape(-1, 3)
+    return {
+        "rtk_fixed_share": (flags.count("fixed") / len(used)) if used else 0.0,
+        "rtk_solutions": {k: flags.count(k) for k in sorted(set(flags))},
+        "accuracy_sources": {k: [m.position_accuracy_source for m in used].count(k)
+                             for k in sorted({m.position_accuracy_source for m in used})},
+        "sigma_median_m": {"horizontal": float(np.median(sig[:, :2])) if len(sig) else None,
+                           "vertical": float(np.median(sig[:, 2])) if len(sig) else None},
+    }
 
 
 # ----------------------------------------------------------------------------- main
@@ -339,7 +385,9 @@ def run(sfm_sparse: str | Path, exif_csv: str | Path, out_sparse: str | Path, ou
         c = sim.apply(centre(rec, n)[None])[0]
         r = positions[n][0] - origin - c
         per_image.append({"image": n, "source": positions[n][2], "dx": float(r[0]), "dy": float(r[1]),
-                          "dz": float(r[2]), "horizontal_m": float(np.hypot(r[0], r[1]))})
+                          "dz": float(r[2]), "horizontal_m": float(np.hypot(r[0], r[1])),
+                          "sigma_m": [round(float(v), 4) for v in positions[n][1]],
+                          "accuracy_source": metas_by_name[n].position_accuracy_source})
         cam_res.append(r)
     inlier_of = {k: bool(fit.inliers[i]) for i, k in enumerate(kinds)}
     for p in per_image:
@@ -373,6 +421,7 @@ def run(sfm_sparse: str | Path, exif_csv: str | Path, out_sparse: str | Path, ou
             "vertical_all": _rms(cam_res[:, 2]),
         },
         "num_images_with_position": len(cam_names),
+        "positions": position_accuracy([metas_by_name[n] for n in cam_names], positions),
         "num_inliers": int(inl.sum()),
         "outliers": outliers,
         "per_image": per_image,

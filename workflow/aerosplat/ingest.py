@@ -8,9 +8,12 @@ means:
 - a truncated or corrupt photo (common after an interrupted SD-card copy) is found in
   seconds and skipped with a clear reason, instead of crashing a GPU job hours later;
 - downstream stages read `ingest/exif.csv` instead of re-parsing EXIF/XMP each time;
-- the focal length in pixels is estimated with a documented, inspectable source
-  (sensor width from EXIF, a small camera table, or the 35 mm equivalent), which is
-  what SfM needs for a good start;
+- the camera intrinsics come from a documented, inspectable source: the scene YAML, the
+  camera's own factory calibration (DJI XMP, `aerosplat.calibration`), else a focal length
+  estimated from the sensor width or the 35 mm equivalent; SfM needs a good start, and on a
+  nadir-only flight every height rests on it;
+- each position carries its accuracy (RTK standard deviations, geo.txt accuracies), so
+  georeferencing weights an RTK fix like an RTK fix;
 - missing position information (no GPS, no geo.txt, no GCPs) is reported before any
   expensive work, with what to do about it.
 
@@ -37,6 +40,8 @@ from typing import Any
 import exifread
 from PIL import Image, ImageFile
 
+from aerosplat import calibration
+from aerosplat.calibration import Calibration
 from aerosplat.crs import WGS84_3D, to_crs
 from aerosplat.errors import InputError
 from aerosplat.fileio import atomic_path
@@ -84,7 +89,14 @@ CAMERA_SENSOR_WIDTH_MM: dict[str, float] = {
 
 _FOCAL_PLANE_UNIT_MM = {2: 25.4, 3: 10.0, 4: 1.0, 5: 0.001}  # EXIF FocalPlaneResolutionUnit
 _DJI_XMP_TAGS = ("RelativeAltitude", "AbsoluteAltitude", "GimbalPitchDegree", "GimbalYawDegree",
-                 "GimbalRollDegree", "FlightYawDegree")
+                 "GimbalRollDegree", "FlightYawDegree", "DewarpFlag", "RtkFlag", "RtkStdLon", "RtkStdLat",
+                 "RtkStdHgt")
+# Kept as text: parsed, and judged with a warning when malformed, by aerosplat.calibration.
+_DJI_XMP_TEXT_TAGS = ("DewarpData", "CalibratedFocalLength", "CalibratedOpticalCenterX", "CalibratedOpticalCenterY")
+RTK_FLAGS = {50: "fixed", 34: "float", 16: "single"}
+"""DJI XMP RtkFlag values (the receiver's solution type)."""
+RTK_MIN_SIGMA_M = 0.005
+"""Floor of an RTK standard deviation: a receiver's "0.000" must not weigh one photo infinitely."""
 _PILLOW_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "TIFF": "TIFF"}
 _TIFF_LAYOUT_TAGS = (256, 257, 258, 259, 262, 273, 277, 278, 279, 284, 317, 322, 323, 324, 325,
                      338, 339)  # describe the pixel data; must not be copied onto a resized TIFF
@@ -114,7 +126,20 @@ class ImageMeta:
     sensor_width_mm: float | None = None
     sensor_width_source: str = "none"   # exif_focal_plane | camera_table | none
     focal_px: float | None = None       # at the ingested size
-    focal_px_source: str = "none"       # sensor_width | 35mm_equivalent | none
+    # config | dewarp_data | calibrated_focal_length (calibration below) | sensor_width | 35mm_equivalent | none
+    focal_px_source: str = "none"
+    calib_source: str = "none"          # config | dewarp_data | calibrated_focal_length | none
+    calib_date: str | None = None       # DewarpData's date
+    calib_fx: float | None = None       # factory/configured intrinsics at the ingested size, px
+    calib_fy: float | None = None
+    calib_cx: float | None = None
+    calib_cy: float | None = None
+    calib_k1: float | None = None       # OpenCV distortion; empty = unknown (focal-only source)
+    calib_k2: float | None = None
+    calib_p1: float | None = None
+    calib_p2: float | None = None
+    calib_k3: float | None = None
+    dewarp_flag: int | None = None      # DJI XMP: 1 = distortion already removed in camera
     lat: float | None = None            # EXIF GPS, degrees, south negative
     lon: float | None = None            # EXIF GPS, degrees, west negative
     alt: float | None = None            # EXIF GPS altitude (m), else DJI XMP AbsoluteAltitude
@@ -131,6 +156,10 @@ class ImageMeta:
     geo_crs: str | None = None          # geo.txt's first line, as given
     h_acc: float | None = None          # geo.txt accuracies, metres
     v_acc: float | None = None
+    rtk_flag: int | None = None         # DJI XMP RtkFlag: 50 fixed, 34 float, 16 single
+    rtk_std_lon: float | None = None    # DJI XMP RtkStdLon/Lat/Hgt, metres (east, north, up)
+    rtk_std_lat: float | None = None
+    rtk_std_hgt: float | None = None
 
     @property
     def has_position(self) -> bool:
@@ -149,10 +178,35 @@ class ImageMeta:
 
     def position_sigma(self, default_h: float = DEFAULT_GPS_SIGMA_H_M,
                        default_v: float = DEFAULT_GPS_SIGMA_V_M) -> tuple[float, float, float]:
-        """Per-axis standard deviation (m) of the position: geo.txt's own accuracies, else the defaults."""
-        sh = self.h_acc if self.h_acc else default_h
-        sv = self.v_acc if self.v_acc else default_v
-        return sh, sh, sv
+        """Per-axis (east, north, up) standard deviation (m) of the position in use.
+
+        geo.txt's own accuracies for a geo.txt position; the receiver's RTK standard deviations
+        for an EXIF position that has them; else the consumer-GPS defaults.
+        """
+        if self.position_source == "geo_txt":
+            sh = self.h_acc if self.h_acc else default_h
+            sv = self.v_acc if self.v_acc else default_v
+            return sh, sh, sv
+        rtk = (self.rtk_std_lon, self.rtk_std_lat, self.rtk_std_hgt)
+        if all(v is not None and v > 0 for v in rtk):
+            return tuple(max(float(v), RTK_MIN_SIGMA_M) for v in rtk)  # type: ignore[return-value]
+        return default_h, default_h, default_v
+
+    @property
+    def position_accuracy_source(self) -> str:
+        """Where position_sigma's values come from: geo_txt | rtk | default."""
+        if self.position_source == "geo_txt":
+            return "geo_txt" if self.h_acc or self.v_acc else "default"
+        rtk = (self.rtk_std_lon, self.rtk_std_lat, self.rtk_std_hgt)
+        return "rtk" if all(v is not None and v > 0 for v in rtk) else "default"
+
+    def calibration(self) -> Calibration | None:
+        """The factory/configured intrinsics at the ingested size, or None (heuristic focal only)."""
+        if self.calib_source == "none" or self.calib_fx is None:
+            return None
+        return Calibration(self.width, self.height, self.calib_fx, self.calib_fy, self.calib_cx, self.calib_cy,
+                           self.calib_k1, self.calib_k2, self.calib_p1, self.calib_p2, self.calib_k3,
+                           source=self.calib_source, date=self.calib_date)
 
 
 EXIF_CSV_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ImageMeta))
@@ -280,8 +334,9 @@ def read_exif_tags(path: str | Path) -> dict[str, Any]:
         return {}
 
 
-def read_dji_xmp(im: Image.Image, name: str = "") -> dict[str, float]:
-    """DJI drone-dji XMP values (RelativeAltitude, Gimbal*Degree, ...) as floats.
+def read_dji_xmp(im: Image.Image, name: str = "") -> dict[str, float | str]:
+    """DJI drone-dji XMP values: numbers (RelativeAltitude, Gimbal*Degree, RtkStd*, ...) as floats,
+    DewarpData as text.
 
     Looks at attributes and child elements anywhere in the packet; only tags in a DJI
     namespace count. Values such as '+39.80' are accepted.
@@ -291,14 +346,18 @@ def read_dji_xmp(im: Image.Image, name: str = "") -> dict[str, float]:
     except Exception as exc:  # malformed XML: the image is still usable
         LOG.warning("%s: XMP metadata could not be parsed (%s); ignoring it", name, exc)
         return {}
-    found: dict[str, float] = {}
+    found: dict[str, float | str] = {}
 
-    def number_of(value: Any) -> float | None:
+    def text_of(value: Any) -> str | None:
         if isinstance(value, list):
-            return number_of(value[0]) if value else None
+            return text_of(value[0]) if value else None
         if isinstance(value, dict):  # child element that also has attributes
             value = value.get("text")
-        return _ratio(value.strip()) if isinstance(value, str) else None
+        return value.strip() if isinstance(value, str) else None
+
+    def number_of(value: Any) -> float | None:
+        text = text_of(value)
+        return None if text is None else _ratio(text)
 
     def walk(node: Any) -> None:
         if isinstance(node, list):
@@ -309,10 +368,11 @@ def read_dji_xmp(im: Image.Image, name: str = "") -> dict[str, float]:
             return
         for key, value in node.items():
             uri, _, local = key.rpartition("}")
-            if local in _DJI_XMP_TAGS and "dji" in uri.lower() and local not in found:
-                number = number_of(value)
-                if number is not None:
+            if "dji" in uri.lower() and local not in found:
+                if local in _DJI_XMP_TAGS and (number := number_of(value)) is not None:
                     found[local] = number
+                elif local in _DJI_XMP_TEXT_TAGS and (text := text_of(value)):
+                    found[local] = text
             walk(value)
 
     walk(xmp)
@@ -334,8 +394,9 @@ def _altitude_below_sea_level(ref: Any) -> bool:
 
 
 def _build_meta(name: str, orig_size: tuple[int, int], size: tuple[int, int],
-                tags: dict[str, Any], xmp: dict[str, float]) -> ImageMeta:
-    """Assemble an ImageMeta from EXIF tags and DJI XMP values."""
+                tags: dict[str, Any], xmp: dict[str, float | str],
+                calibration_override: Calibration | None = None) -> ImageMeta:
+    """Assemble an ImageMeta from EXIF tags and DJI XMP values (and the scene's calibration, if any)."""
     orig_w, orig_h = orig_size
     meta = ImageMeta(name=name, width=size[0], height=size[1], orig_width=orig_w,
                      orig_height=orig_h)
@@ -358,6 +419,21 @@ def _build_meta(name: str, orig_size: tuple[int, int], size: tuple[int, int],
         focal_mm=meta.focal_mm, focal_35mm=meta.focal_35mm, sensor_width_mm=meta.sensor_width_mm,
         width=meta.width, height=meta.height, orig_width=orig_w,
         sensor_width_source=meta.sensor_width_source)
+    flag = xmp.get("DewarpFlag")
+    meta.dewarp_flag = int(flag) if isinstance(flag, float) else None
+    exif_focal = meta.focal_px * orig_w / meta.width if meta.focal_px else None
+    cal = calibration.choose(name, xmp, orig_size, size, calibration_override, exif_focal, log=LOG)
+    if cal is not None:
+        meta.calib_source, meta.calib_date = cal.source, cal.date
+        meta.calib_fx, meta.calib_fy, meta.calib_cx, meta.calib_cy = cal.fx, cal.fy, cal.cx, cal.cy
+        meta.calib_k1, meta.calib_k2, meta.calib_p1, meta.calib_p2, meta.calib_k3 = \
+            cal.k1, cal.k2, cal.p1, cal.p2, cal.k3
+        meta.focal_px, meta.focal_px_source = cal.fx, cal.source
+    rtk = xmp.get("RtkFlag")
+    meta.rtk_flag = int(rtk) if isinstance(rtk, float) else None
+    meta.rtk_std_lon, meta.rtk_std_lat, meta.rtk_std_hgt = (
+        v if isinstance(v, float) and v >= 0 else None
+        for v in (xmp.get("RtkStdLon"), xmp.get("RtkStdLat"), xmp.get("RtkStdHgt")))
 
     lat = gps_degrees(_tag(tags, "GPS GPSLatitude"), _tag_text(tags, "GPS GPSLatitudeRef"))
     lon = gps_degrees(_tag(tags, "GPS GPSLongitude"), _tag_text(tags, "GPS GPSLongitudeRef"))
@@ -373,27 +449,27 @@ def _build_meta(name: str, orig_size: tuple[int, int], size: tuple[int, int],
         if _altitude_below_sea_level(_tag(tags, "GPS GPSAltitudeRef")):
             alt = -alt
         meta.alt = alt
-    else:
-        meta.alt = xmp.get("AbsoluteAltitude")
-    meta.rel_alt = xmp.get("RelativeAltitude")
-    meta.gimbal_pitch = xmp.get("GimbalPitchDegree")
-    meta.gimbal_yaw = xmp.get("GimbalYawDegree")
-    meta.gimbal_roll = xmp.get("GimbalRollDegree")
-    meta.flight_yaw = xmp.get("FlightYawDegree")
+    elif isinstance(absolute := xmp.get("AbsoluteAltitude"), float):
+        meta.alt = absolute
+    meta.rel_alt, meta.gimbal_pitch, meta.gimbal_yaw, meta.gimbal_roll, meta.flight_yaw = (
+        v if isinstance(v, float) else None
+        for v in (xmp.get("RelativeAltitude"), xmp.get("GimbalPitchDegree"), xmp.get("GimbalYawDegree"),
+                  xmp.get("GimbalRollDegree"), xmp.get("FlightYawDegree")))
     return meta
 
 
-def read_image_meta(path: str | Path, max_image_size: int | None = None) -> ImageMeta:
+def read_image_meta(path: str | Path, max_image_size: int | None = None,
+                    calibration_override: Calibration | None = None) -> ImageMeta:
     """Metadata of one photo without decoding its pixels.
 
-    width/height/focal_px are for the size ingest would produce with `max_image_size`.
+    width/height/focal_px/calib_* are for the size ingest would produce with `max_image_size`.
     """
     path = Path(path)
     with Image.open(path) as im:
         orig = im.size
         xmp = read_dji_xmp(im, str(path))
     return _build_meta(path.name, orig, scaled_size(*orig, max_image_size),
-                       read_exif_tags(path), xmp)
+                       read_exif_tags(path), xmp, calibration_override)
 
 
 @contextlib.contextmanager
@@ -441,7 +517,8 @@ def _save_downscaled(im: Image.Image, fmt: str, size: tuple[int, int], dst: Path
         small.save(dst, "TIFF", exif=exif, **extra)
 
 
-def ingest_image(src: str | Path, dst: str | Path, max_image_size: int | None = None) -> ImageMeta:
+def ingest_image(src: str | Path, dst: str | Path, max_image_size: int | None = None,
+                 calibration_override: Calibration | None = None) -> ImageMeta:
     """Verify that `src` decodes completely, write it to `dst` (downscaled or copied), describe it.
 
     Raises UnreadableImage (with the reason) for a file that is not a complete JPEG/PNG/TIFF.
@@ -470,7 +547,7 @@ def ingest_image(src: str | Path, dst: str | Path, max_image_size: int | None = 
                 _save_downscaled(im, fmt, size, dst)
             except (ValueError, TypeError, KeyError) as exc:  # Pillow cannot handle this mode
                 raise UnreadableImage(f"could not be downscaled ({exc})") from exc
-    return _build_meta(src.name, orig, size, read_exif_tags(src), xmp)
+    return _build_meta(src.name, orig, size, read_exif_tags(src), xmp, calibration_override)
 
 
 # ---------------------------------------------------------------------------
@@ -625,12 +702,14 @@ def _remove_outputs(paths: Iterable[Path]) -> None:
 def run(images_dir: str | Path, out_images_dir: str | Path, out_exif_csv: str | Path, *,
         max_image_size: int | None = None, geo_txt: str | Path | None = None,
         gcp_list: str | Path | None = None, out_skipped_csv: str | Path, min_images: int = 3,
-        threads: int = 1, log: logging.Logger = LOG) -> list[ImageMeta]:
+        calibration_config: dict | None = None, threads: int = 1,
+        log: logging.Logger = LOG) -> list[ImageMeta]:
     """Ingest a folder of photos: verify, downscale/copy, describe, and check positions.
 
     Writes `out_images_dir` (the usable images, original names), `out_exif_csv` (one
     ImageMeta row each) and `out_skipped_csv` (name, reason of each unreadable file).
     All three appear together on success; on any error none of them exists.
+    `calibration_config` is the scene's `ingest.calibration` (it outranks the photos' own tags).
     Raises InputError for problems the user must fix.
     """
     images_dir = Path(images_dir)
@@ -640,7 +719,7 @@ def run(images_dir: str | Path, out_images_dir: str | Path, out_exif_csv: str | 
         return _run(images_dir, *outputs, max_image_size=max_image_size,
                     geo_txt=None if geo_txt is None else Path(geo_txt),
                     gcp_list=None if gcp_list is None else Path(gcp_list),
-                    min_images=min_images, threads=threads, log=log)
+                    min_images=min_images, calibration_config=calibration_config, threads=threads, log=log)
     except BaseException:
         # A failed run must not leave outputs (even from an earlier run) that look current.
         _remove_outputs(outputs)
@@ -649,7 +728,8 @@ def run(images_dir: str | Path, out_images_dir: str | Path, out_exif_csv: str | 
 
 def _run(images_dir: Path, out_images_dir: Path, out_exif_csv: Path, out_skipped_csv: Path, *,
          max_image_size: int | None, geo_txt: Path | None, gcp_list: Path | None,
-         min_images: int, threads: int, log: logging.Logger) -> list[ImageMeta]:
+         min_images: int, calibration_config: dict | None, threads: int,
+         log: logging.Logger) -> list[ImageMeta]:
     if max_image_size is not None and (not isinstance(max_image_size, int)
                                        or isinstance(max_image_size, bool) or max_image_size < 1):
         raise InputError(f"max_image_size must be a whole number of pixels >= 1 or empty, got "
@@ -661,7 +741,15 @@ def _run(images_dir: Path, out_images_dir: Path, out_exif_csv: Path, out_skipped
                          else "images path is not a folder", path=images_dir,
                          hint="set the scene's `images` key to the folder holding the photos")
 
-    # Cheap checks first: a typo in geo.txt / gcp_list.txt fails before any decoding.
+    # Cheap checks first: a typo in geo.txt / gcp_list.txt / the calibration fails before any decoding.
+    override = None
+    if calibration_config:
+        try:
+            override = calibration.from_config(calibration_config)
+        except (calibration.CalibrationError, KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"`ingest.calibration` cannot be used: {exc}",
+                             hint="give fx (and optionally fy, cx, cy, k1, k2, p1, p2, k3) in pixels of the "
+                                  "original photos, with their width and height") from None
     geo = parse_geo_txt(geo_txt) if geo_txt is not None else None
     if gcp_list is not None:
         parse_gcp_list(gcp_list)
@@ -688,7 +776,7 @@ def _run(images_dir: Path, out_images_dir: Path, out_exif_csv: Path, out_skipped
 
         def work(src: Path) -> ImageMeta | str:
             try:
-                return ingest_image(src, tmp_images / src.name, max_image_size)
+                return ingest_image(src, tmp_images / src.name, max_image_size, override)
             except UnreadableImage as exc:
                 return str(exc)
 
@@ -721,6 +809,12 @@ def _run(images_dir: Path, out_images_dir: Path, out_exif_csv: Path, out_skipped
                                   "with 60-80% overlap), or replace the unreadable files "
                                   "(the minimum is the config key `ingest.min_images`)")
 
+        if override is not None and not any(m.calib_source == "config" for m in metas):
+            sizes = sorted({f"{m.orig_width} x {m.orig_height}" for m in metas})
+            raise InputError(f"`ingest.calibration` is for {override.width} x {override.height} photos, but "
+                             f"the photos are {', '.join(sizes)}",
+                             hint="set its width and height to the original photos' size (the calibration's "
+                                  "pixels refer to it), or remove the key")
         if geo is not None:
             _apply_geo_txt(metas, geo, images_dir, log)
         if gcp_list is not None:
@@ -758,10 +852,13 @@ def _log_summary(metas: list[ImageMeta], skipped: list[tuple[str, str]],
     cameras = Counter(f"{m.make or '?'} {m.model or '?'}" for m in metas)
     focal = Counter(m.focal_px_source for m in metas)
     positions = Counter(m.position_source for m in metas)
+    accuracy = Counter(m.position_accuracy_source for m in metas if m.has_position)
+    rtk = Counter(RTK_FLAGS.get(m.rtk_flag, f"flag {m.rtk_flag}") for m in metas if m.rtk_flag is not None)
     log.info("ingest: %d photos usable (%d downscaled, %d copied unchanged), %d skipped",
              len(metas), resized, len(metas) - resized, len(skipped))
-    log.info("ingest: cameras %s; focal length source %s; position source %s",
-             dict(cameras), dict(focal), dict(positions))
+    log.info("ingest: cameras %s; focal length source %s; position source %s; position accuracy %s%s",
+             dict(cameras), dict(focal), dict(positions), dict(accuracy),
+             f"; RTK {dict(rtk)}" if rtk else "")
     if focal.get("none"):
         log.warning("%d photo(s) have no usable focal length in EXIF; SfM will have to estimate "
                     "it from scratch, which is less reliable", focal["none"])

@@ -1,4 +1,5 @@
-"""Logging for rule scripts: everything a job prints ends up in its rule log.
+"""Logging for rule scripts: everything a job prints ends up in its rule log; warnings and
+errors are also shown on the console, so what a run skipped or doubted is seen, not only logged.
 
 COLMAP (through pycolmap) writes its progress with glog to file descriptor 2,
 so redirecting `sys.stderr` is not enough: we point fd 2 itself at the log.
@@ -14,8 +15,10 @@ from pathlib import Path
 
 def setup_rule_logging(log_path: str | Path | None, level: int = logging.INFO) -> None:
     """Send fd 1/2 and Python logging to `log_path` (line-buffered); call before heavy imports."""
+    console = None
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        console = os.fdopen(os.dup(2), "w", buffering=1)  # the terminal (or the cluster job's output)
         f = open(log_path, "a", buffering=1)
         os.dup2(f.fileno(), 2)
         os.dup2(f.fileno(), 1)
@@ -23,6 +26,13 @@ def setup_rule_logging(log_path: str | Path | None, level: int = logging.INFO) -
         sys.stdout = f
     logging.basicConfig(level=level, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if console is not None:
+        # Warnings (and errors) also reach the person running the workflow, not only the log file.
+        loud = logging.StreamHandler(console)
+        loud.setLevel(logging.WARNING)
+        loud.setFormatter(logging.Formatter(f"%(levelname)s [{Path(log_path).parent.name}]: %(message)s "
+                                            f"(log: {log_path})"))
+        logging.getLogger().addHandler(loud)
     os.environ.setdefault("GLOG_logtostderr", "1")
     sys.excepthook = _report_user_errors
 

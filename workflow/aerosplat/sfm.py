@@ -5,12 +5,17 @@ the SfM's own arbitrary frame comes out, plus `report.json`. GPS positions are
 written to the database as pose priors: the spatial matcher pairs images by
 them, and the georef stage maps the model onto them.
 
-The focal length is seeded from the metadata (sensor width or 35 mm
-equivalent). On a nadir-only flight over flat ground a camera cannot tell focal
-length from flying height, so bundle adjustment is free to drift the focal
-(measured: 889 -> 1118 px on brighton_beach, 10 m of vertical error). With
-`refine_focal: auto` we therefore hold a metadata focal fixed on nadir-only
-flights; georef reports that the heights rest on it.
+Cameras: one per (make, model, image size, calibration). A factory or configured
+calibration (`ingest.calibration`, DJI DewarpData: see `aerosplat.calibration`)
+starts its camera as COLMAP OPENCV (FULL_OPENCV when k3 is not zero) with the
+unit's own distortion; other cameras start as `sfm.camera_model` with the
+metadata focal (a calibrated focal, sensor width or 35 mm equivalent).
+
+On a nadir-only flight over flat ground a camera cannot tell focal length from
+flying height, so bundle adjustment is free to drift the focal (measured: 889 ->
+1118 px on brighton_beach, 10 m of vertical error). With `refine_focal: auto` we
+therefore hold a metadata focal fixed on nadir-only flights (and a calibrated
+camera's distortion with it); georef reports what the heights rest on.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import logging
 import shutil
 import statistics
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -34,6 +40,12 @@ log = logging.getLogger(__name__)
 
 # A gimbal pitch within this many degrees of -90 counts as nadir.
 NADIR_TOLERANCE_DEG = 10.0
+
+METADATA_FOCAL_SOURCES = ("config", "dewarp_data", "calibrated_focal_length", "sensor_width", "35mm_equivalent")
+"""focal_px sources SfM may hold fixed on a nadir-only flight (ingest.ImageMeta.focal_px_source)."""
+
+HEURISTIC_FOCAL_SOURCES = ("sensor_width", "35mm_equivalent")
+"""Of those, the estimates (not a calibration of the lens): heights resting on them are checked."""
 
 
 @dataclass(frozen=True)
@@ -86,24 +98,45 @@ def _decide_refine_focal(opts: SfmOptions, metas: Sequence[ImageMeta]) -> tuple[
     if opts.refine_focal in ("false", "no", "0"):
         return False, "config"
     nadir = is_nadir_only(metas)
-    trusted = all(m.focal_px_source in ("sensor_width", "35mm_equivalent") for m in metas)
+    trusted = all(m.focal_px_source in METADATA_FOCAL_SOURCES for m in metas)
     if nadir and trusted:
-        return False, "nadir-only flight with a metadata focal prior: focal held fixed (nadir views cannot separate focal from flying height)"
+        return False, ("nadir-only flight with a metadata focal prior: focal (and a calibrated camera's "
+                       "distortion) held fixed (nadir views cannot separate focal from flying height)")
     return True, "auto: focal refined (obliques present or no trusted focal prior)"
 
 
-def _write_database(db_path: Path, images_dir: Path, metas: Sequence[ImageMeta], opts: SfmOptions) -> int:
-    """Import images, set focal priors, write GPS pose priors. Returns the number of priors."""
-    names = [m.name for m in metas]
-    pycolmap.Database.open(str(db_path)).close()
-    same_camera = len({(m.make, m.model, m.width, m.height, round(m.focal_px or 0, 1)) for m in metas}) == 1
+def camera_groups(metas: Sequence[ImageMeta]) -> list[list[ImageMeta]]:
+    """Photos that share one COLMAP camera: same make, model, size and calibration (or heuristic focal)."""
+    groups: dict[tuple, list[ImageMeta]] = {}
+    for m in metas:
+        cal = m.calibration()
+        intrinsics = cal.key() if cal is not None else ("focal", round(m.focal_px or 0, 1))
+        groups.setdefault((m.make, m.model, m.width, m.height, m.calib_source) + intrinsics, []).append(m)
+    return list(groups.values())
+
+
+def _reader_options(group: Sequence[ImageMeta], opts: SfmOptions) -> pycolmap.ImageReaderOptions:
+    """The starting camera of one group: its full calibration (OPENCV), else the configured model."""
     reader = pycolmap.ImageReaderOptions()
-    reader.camera_model = opts.camera_model
-    pycolmap.import_images(
-        str(db_path), str(images_dir),
-        camera_mode=pycolmap.CameraMode.SINGLE if same_camera else pycolmap.CameraMode.PER_IMAGE,
-        image_names=names, options=reader,
-    )
+    cal = group[0].calibration()
+    if cal is not None and cal.has_distortion:
+        reader.camera_model, params = cal.colmap()
+        reader.camera_params = ",".join(repr(float(p)) for p in params)
+    else:
+        reader.camera_model = opts.camera_model
+    return reader
+
+
+def _write_database(db_path: Path, images_dir: Path, metas: Sequence[ImageMeta], opts: SfmOptions) -> tuple[int, list[dict]]:
+    """Import images (one camera per group), set focal priors, write GPS pose priors.
+
+    Returns the number of priors and one line per camera saying where its intrinsics come from.
+    """
+    pycolmap.Database.open(str(db_path)).close()
+    groups = camera_groups(metas)
+    for group in groups:
+        pycolmap.import_images(str(db_path), str(images_dir), camera_mode=pycolmap.CameraMode.SINGLE,
+                               image_names=[m.name for m in group], options=_reader_options(group, opts))
     by_name = {m.name: m for m in metas}
     n_priors = 0
     with pycolmap.Database.open(str(db_path)) as db:
@@ -111,8 +144,10 @@ def _write_database(db_path: Path, images_dir: Path, metas: Sequence[ImageMeta],
         # COLMAP already reads EXIF GPS on import (without a covariance); ours replace those.
         existing = {pp.corr_data_id.id: pp for pp in db.read_all_pose_priors()}
         cam_focals: dict[int, list[float]] = {}
+        cam_metas: dict[int, ImageMeta] = {}
         for im in images:
             m = by_name[im.name]
+            cam_metas.setdefault(im.camera_id, m)
             if m.focal_px:
                 cam_focals.setdefault(im.camera_id, []).append(float(m.focal_px))
             pos = m.position_wgs84()
@@ -127,17 +162,27 @@ def _write_database(db_path: Path, images_dir: Path, metas: Sequence[ImageMeta],
                 else:
                     db.write_pose_prior(prior)
                 n_priors += 1
+        cameras = []
         for cam in db.read_all_cameras():
+            m = cam_metas[cam.camera_id]
+            cal = m.calibration()
             focals = cam_focals.get(cam.camera_id)
-            if not focals:
-                continue
-            params = np.array(cam.params, float)
-            for i in cam.focal_length_idxs():
-                params[i] = statistics.median(focals)
-            cam.params = params
-            cam.has_prior_focal_length = True
-            db.update_camera(cam)
-    return n_priors
+            if focals and not (cal is not None and cal.has_distortion):
+                params = np.array(cam.params, float)
+                for i in cam.focal_length_idxs():
+                    params[i] = statistics.median(focals)
+                if cal is not None:  # a calibrated focal also knows its principal point
+                    params[list(cam.principal_point_idxs())] = (cal.cx, cal.cy)
+                cam.params = params
+            if focals or cal is not None:
+                cam.has_prior_focal_length = True
+                db.update_camera(cam)
+            cameras.append({"camera_id": cam.camera_id, "make": m.make, "model": m.model,
+                            "width": cam.width, "height": cam.height, "model_start": cam.model_name,
+                            "params_start": [float(p) for p in cam.params],
+                            "intrinsics_source": m.focal_px_source, "calibration_date": m.calib_date,
+                            "images": sum(1 for im in images if im.camera_id == cam.camera_id)})
+    return n_priors, cameras
 
 
 def _match(db_path: Path, matcher: str, opts: SfmOptions, threads: int) -> None:
@@ -155,13 +200,14 @@ def _match(db_path: Path, matcher: str, opts: SfmOptions, threads: int) -> None:
 
 
 def _map(db_path: Path, images_dir: Path, out_dir: Path, opts: SfmOptions, refine_focal: bool,
-         threads: int) -> dict[int, pycolmap.Reconstruction]:
+         refine_extra: bool, threads: int) -> dict[int, pycolmap.Reconstruction]:
     out_dir.mkdir(parents=True, exist_ok=True)
     if opts.mapper == "global":
         gopts = pycolmap.GlobalPipelineOptions()
         gopts.num_threads = threads
         gopts.random_seed = opts.seed
         gopts.mapper.bundle_adjustment.refine_focal_length = refine_focal
+        gopts.mapper.bundle_adjustment.refine_extra_params = refine_extra
         gopts.mapper.global_positioning.use_gpu = False
         gopts.mapper.bundle_adjustment.ceres.use_gpu = False
         return pycolmap.global_mapping(str(db_path), str(images_dir), str(out_dir), gopts)
@@ -170,6 +216,8 @@ def _map(db_path: Path, images_dir: Path, out_dir: Path, opts: SfmOptions, refin
     iopts.random_seed = opts.seed
     iopts.ba_refine_focal_length = refine_focal
     iopts.mapper.abs_pose_refine_focal_length = refine_focal
+    iopts.ba_refine_extra_params = refine_extra
+    iopts.mapper.abs_pose_refine_extra_params = refine_extra
     return pycolmap.incremental_mapping(str(db_path), str(images_dir), str(out_dir), iopts)
 
 
@@ -208,8 +256,12 @@ def run(images_dir: str | Path, exif_csv: str | Path, out_sparse: str | Path, ou
     shutil.rmtree(partial_dir, ignore_errors=True)
 
     with atomic_path(out_database) as db_path, atomic_path(out_sparse) as sparse_tmp:
-        n_priors = _write_database(db_path, images_dir, metas, opts)
-        log.info("database: %d images, %d GPS pose priors", total, n_priors)
+        n_priors, cameras = _write_database(db_path, images_dir, metas, opts)
+        log.info("database: %d images, %d GPS pose priors, %d camera(s)", total, n_priors, len(cameras))
+        for cam in cameras:
+            log.info("camera %d (%s %s, %d x %d, %d images): %s from %s%s", cam["camera_id"], cam["make"],
+                     cam["model"], cam["width"], cam["height"], cam["images"], cam["model_start"],
+                     cam["intrinsics_source"], f" of {cam['calibration_date']}" if cam["calibration_date"] else "")
 
         ext = pycolmap.FeatureExtractionOptions()
         ext.num_threads = threads
@@ -225,10 +277,14 @@ def run(images_dir: str | Path, exif_csv: str | Path, out_sparse: str | Path, ou
         log.info("%s matching: %.1f s", matcher, time.monotonic() - t)
 
         refine_focal, why = _decide_refine_focal(opts, metas)
-        log.info("focal refinement: %s (%s)", refine_focal, why)
+        # A full calibration's distortion is held with its focal; a heuristic camera's radial term is
+        # always refined (it starts at zero and nothing else knows it).
+        calibrated = all((m.calibration() is not None and m.calibration().has_distortion) for m in metas)
+        refine_extra = refine_focal or not calibrated
+        log.info("focal refinement: %s (%s); distortion refined: %s", refine_focal, why, refine_extra)
         t = time.monotonic()
         maps_dir = sparse_tmp.parent / "models"
-        recs = _map(db_path, images_dir, maps_dir, opts, refine_focal, threads)
+        recs = _map(db_path, images_dir, maps_dir, opts, refine_focal, refine_extra, threads)
         log.info("%s mapping: %.1f s, %d model(s)", opts.mapper, time.monotonic() - t, len(recs))
 
         best = max(recs.values(), key=lambda r: r.num_reg_images()) if recs else None
@@ -237,6 +293,8 @@ def run(images_dir: str | Path, exif_csv: str | Path, out_sparse: str | Path, ou
         summary.update({
             "matcher": matcher, "mapper": opts.mapper, "num_models": len(recs),
             "pose_priors": n_priors, "refine_focal": refine_focal, "refine_focal_reason": why,
+            "refine_distortion": refine_extra, "camera_sources": cameras,
+            "focal_sources": dict(Counter(m.focal_px_source for m in metas)),
             "nadir_only": is_nadir_only(metas),
             "focal_prior_px": _median_or_none([m.focal_px for m in metas]),
             "unregistered_images": sorted(set(m.name for m in metas) - set(summary.get("registered_images", []))),

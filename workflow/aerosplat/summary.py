@@ -16,6 +16,14 @@ def summarize(scene_dir: str | Path) -> str:
         lines.append(f"  sfm: {r['registered']}/{r['total']} registered, {r['mean_reproj_error_px']:.3f} px mean "
                      f"reprojection error, {r['num_points3d']} points, track length "
                      f"{r['mean_track_length']:.2f}, {r['seconds']:.0f} s ({r['matcher']}, {r['mapper']})")
+        for cam in r.get("camera_sources", []):
+            final = r.get("cameras", {}).get(str(cam["camera_id"]), {})
+            focal = final.get("params", cam["params_start"])[0]
+            lines.append(f"    camera {cam['camera_id']} ({cam['make']} {cam['model']}, {cam['images']} photos): "
+                         f"{final.get('model', cam['model_start'])}, focal {focal:.1f} px from "
+                         f"{cam['intrinsics_source']}"
+                         + (f" of {cam['calibration_date']}" if cam.get("calibration_date") else "")
+                         + (", held fixed" if not r.get("refine_focal", True) else ", refined"))
     frame = d / "georef" / "frame.json"
     if frame.is_file():
         f = json.loads(frame.read_text())
@@ -25,6 +33,12 @@ def summarize(scene_dir: str | Path) -> str:
         if f.get("rmse_gcp_m"):
             line += f", GCP RMSE {f['rmse_gcp_m']['horizontal']:.3f} / {f['rmse_gcp_m']['vertical']:.3f} m"
         lines.append(line)
+        pos = f.get("positions")
+        if pos:
+            lines.append(f"    positions: {pos['rtk_fixed_share']:.0%} RTK fixed, accuracy from "
+                         + ", ".join(f"{k} ({v})" for k, v in pos["accuracy_sources"].items())
+                         + f", median sigma {pos['sigma_median_m']['horizontal']:.3f} m horizontal / "
+                         f"{pos['sigma_median_m']['vertical']:.3f} m vertical")
         if "gt_camera_rmse_m" in f:
             lines.append(f"  camera centres vs truth: RMSE {f['gt_camera_rmse_m']:.3f} m"
                          + (f" (GPS alone: {f['gt_camera_rmse_gps_only_m']:.3f} m)"
@@ -32,6 +46,8 @@ def summarize(scene_dir: str | Path) -> str:
         hp = f.get("height_prior") or {}
         if hp.get("nadir_only"):
             lines.append(f"  {hp.get('note', '')}")
+        if hp.get("warning"):
+            lines.append(f"  WARNING (georef): {hp['warning']}")
     manifest = d / "partitions" / "manifest.json"
     if manifest.is_file():
         m = json.loads(manifest.read_text())
