@@ -208,3 +208,25 @@ def test_position_sigma_ranks_geo_txt_then_rtk_then_default():
     assert m.position_sigma() == (0.012, ingest.RTK_MIN_SIGMA_M, 0.03) and m.position_accuracy_source == "rtk"
     m.position_source, m.h_acc, m.v_acc = "geo_txt", 0.5, 0.8  # geo.txt replaced the position: its accuracy
     assert m.position_sigma() == (0.5, 0.5, 0.8) and m.position_accuracy_source == "geo_txt"
+
+
+def test_one_colmap_camera_per_make_model_size_and_calibration():
+    """sfm's camera groups: photos of one calibrated unit share one OPENCV camera starting at its
+    calibration; a second unit (another DewarpData) or an uncalibrated photo gets its own camera."""
+    from aerosplat.sfm import SfmOptions, _reader_options, camera_groups
+
+    def photo(name, fx=None, k1=-0.1, model="FC6310R", focal_px=3648.0):
+        extra = {} if fx is None else dict(calib_source="dewarp_data", calib_fx=fx, calib_fy=fx, calib_cx=2740.0,
+                                            calib_cy=1820.0, calib_k1=k1, calib_k2=0.01, calib_p1=0.0, calib_p2=0.0,
+                                            calib_k3=0.0, focal_px=fx, focal_px_source="dewarp_data")
+        return ingest.ImageMeta(name=name, width=5472, height=3648, orig_width=5472, orig_height=3648, make="DJI",
+                                model=model, **({"focal_px": focal_px, "focal_px_source": "35mm_equivalent"} | extra))
+
+    metas = [photo("a", 3678.9), photo("b", 3678.9), photo("c", 3690.2), photo("d"), photo("e"),
+             photo("f", model="FC6310S")]
+    groups = camera_groups(metas)
+    assert [[m.name for m in g] for g in groups] == [["a", "b"], ["c"], ["d", "e"], ["f"]]
+    reader = _reader_options(groups[0], SfmOptions())
+    assert reader.camera_model == "OPENCV"
+    assert [float(v) for v in reader.camera_params.split(",")] == [3678.9, 3678.9, 2740.0, 1820.0, -0.1, 0.01, 0, 0]
+    assert _reader_options(groups[2], SfmOptions()).camera_model == "SIMPLE_RADIAL"  # sfm.camera_model
