@@ -2,7 +2,8 @@
 
 Most tests use a reduced variant of the real recipe (320x240 images with the same
 field of view, a 0.2 m texture raster, 8 photos) so the module stays fast; the
-`slow` test checks the real recipe as the workflow generated it.
+`slow` test checks the real recipe as the workflow generated it. The survey-drone
+variant (base recipe, lens distortion, DJI calibration/RTK tags) is tested at 64x48 px.
 """
 
 from __future__ import annotations
@@ -13,14 +14,18 @@ from pathlib import Path
 
 import exifread
 import numpy as np
+import piexif
+import pycolmap
 import pytest
 import rasterio
+import scipy.ndimage as ndi
 from PIL import Image
 
 from aerosplat import samplescene
 from aerosplat.errors import InputError
 
 RECIPE = Path(__file__).resolve().parents[2] / "resources" / "sample_scene.yaml"
+SURVEY_RECIPE = RECIPE.with_name("sample_survey_scene.yaml")
 
 # Same field of view as the real recipe at half the resolution; fewer, smaller everything.
 SMALL = {
@@ -39,6 +44,16 @@ TINY = {
     "flight": {"lines": 6, "images_per_line": 12},
     "obliques": {"count": 0},
 }
+
+# The survey recipe at a tenth of its resolution (same field of view, principal offset scaled).
+SURVEY_TINY = {
+    "scene": {"texture_cell_m": 0.2},
+    "camera": {"width": 64, "height": 48, "fx": 44.44, "fy": 44.44, "principal_offset_px": [0.27, -0.19]},
+    "render": {"supersample": 1},
+    "flight": {"lines": 2, "images_per_line": 2},
+}
+CALIBRATION_TAGS = ("CalibratedFocalLength", "CalibratedOpticalCenterX", "CalibratedOpticalCenterY",
+                    "DewarpData")
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +242,221 @@ def test_recipe_errors(tmp_path: Path) -> None:
         samplescene.generate(RECIPE, tmp_path / "o", overrides={
             "scene": {"half_size_m": 64, "texture_cell_m": 0.5}, "camera": {"width": 40, "height": 30,
                                                                             "fx": 33.125, "fy": 33.125}})
+
+
+def test_recipe_base(tmp_path: Path) -> None:
+    (tmp_path / "scenes").mkdir()
+    (tmp_path / "scenes" / "base.yaml").write_text(RECIPE.read_text())
+    child = tmp_path / "scenes" / "child.yaml"
+    child.write_text("base: base.yaml\ncamera:\n  fx: 500.0\n")
+    recipe = samplescene.load_recipe(child)
+    assert "base" not in recipe
+    assert recipe["camera"]["fx"] == 500.0 and recipe["camera"]["fy"] == 530.0   # deep merge
+    assert recipe["seed"] == 20240615 and recipe["trees"]["count"] == 110
+    assert samplescene.load_recipe(child, {"camera": {"fx": 400.0}})["camera"]["fx"] == 400.0
+    # the shipped survey recipe builds on the sample scene
+    survey = samplescene.load_recipe(SURVEY_RECIPE)
+    assert survey["location"] == samplescene.load_recipe(RECIPE)["location"]
+    assert (survey["camera"]["make"], survey["obliques"]["count"]) == ("DJI", 0)
+    # a missing base names the missing file; a cycle is refused
+    child.write_text("base: nowhere/missing.yaml\n")
+    with pytest.raises(InputError, match="base recipe not found") as err:
+        samplescene.load_recipe(child)
+    assert err.value.path == str(tmp_path / "scenes" / "nowhere" / "missing.yaml")
+    (tmp_path / "scenes" / "a.yaml").write_text("base: b.yaml\nseed: 1\n")
+    (tmp_path / "scenes" / "b.yaml").write_text("base: a.yaml\nseed: 2\n")
+    child.write_text("base: a.yaml\n")
+    with pytest.raises(InputError, match="cycle") as err:
+        samplescene.load_recipe(child)
+    assert "b.yaml" in str(err.value)
+    # an optional section, once present, must be complete
+    with pytest.raises(InputError, match="camera.distortion.k3"):
+        samplescene.load_recipe(RECIPE, {"camera": {"distortion": {"k1": 0.1, "k2": 0, "p1": 0, "p2": 0}}})
+
+
+def test_distortion_round_trip() -> None:
+    k = samplescene._distortion(samplescene.load_recipe(SURVEY_RECIPE))
+    assert k == (-0.045, 0.021, 0.0004, -0.0003, 0.0)
+    # normalized points over the whole survey image and a little beyond its corners
+    x, y = np.meshgrid(np.linspace(-0.8, 0.8, 41), np.linspace(-0.6, 0.6, 31))
+    xd, yd = samplescene._distort(x, y, k)
+    xu, yu = samplescene._undistort(xd, yd, k)
+    assert np.abs(xu - x).max() < 1e-9 and np.abs(yu - y).max() < 1e-9
+    assert np.hypot(xd - x, yd - y).max() > 0.02                      # ~9 px at fx 444: not a no-op
+    # COLMAP's OPENCV model projects the same pixels
+    cam = pycolmap.Camera(model="OPENCV", width=640, height=480,
+                          params=[444.4, 444.4, 322.7, 238.1, *k[:4]])
+    uv = cam.img_from_cam(np.stack([x.ravel(), y.ravel(), np.ones(x.size)], -1))
+    assert np.abs(uv - np.stack([444.4 * xd.ravel() + 322.7, 444.4 * yd.ravel() + 238.1], -1)).max() < 1e-6
+    # a distortion that folds over inside the image is refused, not rendered wrongly
+    with pytest.raises(InputError, match="cannot be inverted"):
+        samplescene._undistort(np.array([0.9]), np.array([0.6]), (-0.8, 0.0, 0.0, 0.0, 0.0))
+
+
+def _tiny_distorted() -> tuple[dict, list, samplescene.Scene]:
+    """The survey scene at 96x72 px with a strong lens (up to 20 px of warp) and exact GCP pixels."""
+    recipe = samplescene.load_recipe(SURVEY_RECIPE, {
+        **SURVEY_TINY,
+        "camera": {"width": 96, "height": 72, "fx": 66.66, "fy": 66.66, "principal_offset_px": [0.4, -0.3],
+                   "distortion": {"k1": -0.25, "k2": 0.05, "p1": 0.002, "p2": -0.001, "k3": 0.0}},
+        "noise": {"gcp_pixel_sigma_px": 0.0}, "gcps": {"margin_px": 0},
+    })
+    shots = samplescene.plan_flight(recipe)
+    return recipe, shots, samplescene.build_scene(recipe, shots)
+
+
+def test_distorted_photo_is_the_warped_pinhole_photo() -> None:
+    recipe, shots, sc = _tiny_distorted()
+    w, h, fx, fy, cx, cy = samplescene._camera_matrix(recipe)
+    k = samplescene._distortion(recipe)
+    samplescene._check_coverage(sc, shots, w, h, fx, fy, cx, cy, k)
+    u, v = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)          # pixel centres
+    for shot in shots[:2]:
+        dist = samplescene.render(sc, shot, w, h, fx, fy, cx, cy, 1, k).astype(float)
+        pin = samplescene.render(sc, shot, w, h, fx, fy, cx, cy, 1).astype(float)
+
+        def resample(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """The pinhole photo at normalized (x, y), bilinear; and where that lies inside it."""
+            pu, pv = fx * x + cx - 0.5, fy * y + cy - 0.5                # array index coordinates
+            img = np.stack([ndi.map_coordinates(pin[..., c], [pv, pu], order=1) for c in range(3)], -1)
+            return img, (pu >= 0) & (pu <= w - 1) & (pv >= 0) & (pv <= h - 1)
+
+        xn, yn = (u - cx) / fx, (v - cy) / fy
+        xu, yu = samplescene._undistort(xn, yn, k)
+        warped, inside = resample(xu, yu)
+        wrong_way, _ = resample(*samplescene._distort(xn, yn, k))
+        m = inside & (np.hypot(fx * (xu - xn), fy * (yu - yn)) > 2.0)    # where the lens moves pixels
+        assert m.sum() > 1000
+        err = np.abs(dist - warped)[m].mean()
+        assert err < 4.0                                                # resampling error only
+        assert err < 0.25 * np.abs(dist - pin)[m].mean()
+        assert err < 0.25 * np.abs(dist - wrong_way)[m].mean()
+
+
+def test_gcp_observations_follow_the_lens() -> None:
+    recipe, shots, sc = _tiny_distorted()
+    pinhole = samplescene._deep_merge(recipe, {"camera": {"distortion": None}})
+    obs_d = samplescene._gcp_observations(sc, shots, recipe, np.random.default_rng(0))
+    obs_p = samplescene._gcp_observations(sc, shots, pinhole, np.random.default_rng(0))
+    w, h, fx, fy, cx, cy = samplescene._camera_matrix(recipe)
+    colmap = {"OPENCV": [fx, fy, cx, cy, -0.25, 0.05, 0.002, -0.001], "PINHOLE": [fx, fy, cx, cy]}
+    moved = 0.0
+    for model, obs in (("OPENCV", obs_d), ("PINHOLE", obs_p)):
+        assert len(obs) >= 4
+        cam = pycolmap.Camera(model=model, width=w, height=h, params=colmap[model])
+        for si, gi, u, v in obs:
+            xc = shots[si].R @ (sc.gcps[gi] - shots[si].center)
+            assert np.allclose(cam.img_from_cam(xc[None])[0], [u, v], atol=1e-6)
+            if model == "OPENCV":
+                xp, yp = samplescene._project(xc[None], fx, fy, cx, cy, None)
+                moved = max(moved, float(np.hypot(u - xp[0], v - yp[0])))
+    assert moved > 2.0                                                  # the lens did move targets
+
+
+@pytest.fixture(scope="module")
+def survey(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("scene_survey")
+    samplescene.generate(SURVEY_RECIPE, out, overrides=SURVEY_TINY)
+    return out
+
+
+def test_survey_tags(survey: Path) -> None:
+    recipe = samplescene.load_recipe(SURVEY_RECIPE)
+    cams = _cameras(survey)
+    assert cams["model"] == "OPENCV"
+    assert cams["params"] == [44.44, 44.44, 32.27, 23.81, -0.045, 0.021, 0.0004, -0.0003]
+    assert cams["f35_true_mm"] == pytest.approx(25.0, abs=0.01) and cams["f35_written_mm"] == 23
+    assert cams["survey"] == recipe["survey"]
+    for im in cams["images"]:
+        with Image.open(survey / "images" / im["name"]) as pim:
+            desc = pim.getxmp()["xmpmeta"]["RDF"]["Description"]
+            exif = piexif.load(pim.info["exif"])["Exif"]
+        assert desc["CalibratedFocalLength"] == "44.440000"
+        assert (desc["CalibratedOpticalCenterX"], desc["CalibratedOpticalCenterY"]) == ("32.270000", "23.810000")
+        date, values = desc["DewarpData"].split(";")
+        assert date == "2024-05-20"
+        assert [float(x) for x in values.split(",")] == pytest.approx(
+            [44.44, 44.44, 0.27, -0.19, -0.045, 0.021, 0.0004, -0.0003, 0.0], abs=1e-12)
+        assert values.split(",")[4] == "-0.045000000000"
+        assert (desc["DewarpFlag"], desc["RtkFlag"]) == ("0", "50")
+        assert (desc["RtkStdLon"], desc["RtkStdLat"], desc["RtkStdHgt"]) == ("0.02000", "0.02000", "0.03000")
+        assert float(desc["GimbalPitchDegree"]) == -90.0
+        assert exif[piexif.ExifIFD.FocalLengthIn35mmFilm] == 23          # 8 % short of the true 25 mm
+        assert exif[piexif.ExifIFD.FocalLength] == (91657, 10000)        # 44.44 px * 13.2 mm / 64 px
+        for tag in (piexif.ExifIFD.FocalPlaneXResolution, piexif.ExifIFD.FocalPlaneYResolution,
+                    piexif.ExifIFD.FocalPlaneResolutionUnit):
+            assert tag not in exif
+        # RTK: the written position is within a few centimetres of the truth
+        assert np.abs(np.subtract(im["gps"], im["center"])).max() < 0.15
+
+
+def test_survey_recipe_fits_the_scene() -> None:
+    """The shipped survey flight: 32 nadir photos at 45 m whose widened (barrel) view stays in the scene."""
+    recipe = samplescene.load_recipe(SURVEY_RECIPE, {"scene": {"texture_cell_m": 0.2}})
+    shots = samplescene.plan_flight(recipe)
+    assert len(shots) == 32 and not any(s.oblique for s in shots)
+    assert {s.center[2] for s in shots} == {45.0}
+    w, h, fx, fy, cx, cy = samplescene._camera_matrix(recipe)
+    assert (w, h, fx, cx, cy) == (640, 480, 444.4, 322.7, 238.1)
+    assert samplescene._focal_35mm(recipe) == (pytest.approx(25.0, abs=0.01), 23)
+    sc = samplescene.build_scene(recipe, shots)
+    samplescene._check_coverage(sc, shots, w, h, fx, fy, cx, cy, samplescene._distortion(recipe))
+
+
+def _segments(data: bytes) -> tuple[list[bytes], bytes]:
+    """JPEG marker segments before the scan, and the rest (SOS segment, scan, EOI)."""
+    pos, out = 2, []
+    while data[pos + 1] != 0xDA:
+        n = int.from_bytes(data[pos + 2:pos + 4], "big")
+        out.append(data[pos:pos + 2 + n])
+        pos += 2 + n
+    return out, data[pos:]
+
+
+def test_strip_xmp_attributes(survey: Path, tmp_path: Path) -> None:
+    src = survey / "images" / "IMG_0001.jpg"
+    dst = tmp_path / "IMG_0001.jpg"
+    samplescene.strip_xmp_attributes(src, dst, CALIBRATION_TAGS)
+    with Image.open(src) as a, Image.open(dst) as b:
+        before = a.getxmp()["xmpmeta"]["RDF"]["Description"]
+        after = b.getxmp()["xmpmeta"]["RDF"]["Description"]
+        assert a.info["exif"] == b.info["exif"]
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert set(before) - set(after) == set(CALIBRATION_TAGS)
+    assert after == {key: val for key, val in before.items() if key not in CALIBRATION_TAGS}
+    # only the XMP segment changed; EXIF and the entropy-coded data are the same bytes
+    (seg_old, scan_old), (seg_new, scan_new) = _segments(src.read_bytes()), _segments(dst.read_bytes())
+    changed = [i for i, (p, q) in enumerate(zip(seg_old, seg_new)) if p != q]
+    assert len(seg_old) == len(seg_new) and len(changed) == 1 and scan_old == scan_new
+    assert seg_new[changed[0]][4:].startswith(b"http://ns.adobe.com/xap/1.0/\x00")
+    # refusals: a name that is not there, a file that is not a JPEG, a JPEG without XMP
+    with pytest.raises(InputError, match="DewarpData found 0 times"):
+        samplescene.strip_xmp_attributes(dst, tmp_path / "again.jpg", ["DewarpData"])
+    png = tmp_path / "x.png"
+    Image.new("RGB", (16, 16)).save(png)
+    with pytest.raises(InputError, match="not a JPEG"):
+        samplescene.strip_xmp_attributes(png, tmp_path / "y.jpg", ["RtkFlag"])
+    bare = tmp_path / "bare.jpg"
+    Image.new("RGB", (16, 16)).save(bare, exif=Image.open(src).info["exif"])
+    with pytest.raises(InputError, match="no XMP"):
+        samplescene.strip_xmp_attributes(bare, tmp_path / "z.jpg", ["RtkFlag"])
+
+
+def test_pinhole_outputs_unchanged(small: tuple[Path, dict], tmp_path: Path) -> None:
+    """The new intrinsics and survey keys, absent or zero, change nothing: same files, same truth JSON."""
+    out, _ = small
+    samplescene.generate(RECIPE, tmp_path, overrides={
+        **SMALL, "camera": {**SMALL["camera"], "principal_offset_px": [0, 0],
+                            "distortion": {"k1": 0, "k2": 0, "p1": 0, "p2": 0, "k3": 0}}})
+    assert _digests(out) == _digests(tmp_path)
+    cams = _cameras(out)
+    assert list(cams) == ["epsg", "width", "height", "fx", "fy", "cx", "cy", "model", "conventions", "images"]
+    assert cams["model"] == "PINHOLE"
+    with Image.open(out / "images" / "IMG_0001.jpg") as pim:
+        desc = pim.getxmp()["xmpmeta"]["RDF"]["Description"]
+        exif = piexif.load(pim.info["exif"])["Exif"]
+    assert not {"CalibratedFocalLength", "DewarpData", "RtkFlag"} & set(desc)
+    assert exif[piexif.ExifIFD.FocalPlaneResolutionUnit] == 3
 
 
 @pytest.mark.slow

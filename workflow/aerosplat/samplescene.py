@@ -11,12 +11,18 @@ Usage::
     python -m aerosplat.samplescene RECIPE OUT_DIR
     generate(recipe_path, out_dir, overrides={"camera": {...}})   # overrides deep-merge into the recipe
 
+A recipe may start with ``base: other.yaml`` (relative to its own folder): the base is loaded
+first and the recipe's keys deep-merge over it, then the overrides
+(``resources/sample_survey_scene.yaml`` is the base scene seen by an RTK survey drone).
+
 Outputs under OUT_DIR::
 
     images/IMG_0001.jpg ...   nadir lawnmower shots first, then the obliques
     gcp_list.txt              OpenDroneMap GCP file (EPSG:32632 header)
     truth/cameras.json        true intrinsics and poses, noisy GPS as written to EXIF (projected,
-                              and as lat/lon/h in gps_latlon), gimbal angles, capture times
+                              and as lat/lon/h in gps_latlon), gimbal angles, capture times;
+                              with distortion "model" OPENCV/FULL_OPENCV and COLMAP "params";
+                              with ``survey:`` the true and written 35 mm focal and the survey block
     truth/dsm.tif, dtm.tif    float32 GeoTIFFs, EPSG:32632, 0.25 m, north-up, nodata -9999
     truth/origin.json         the scene centre (local-frame origin)
 
@@ -66,24 +72,38 @@ Conventions
   ``R_local``/``t_local`` are the same pose for X relative to the origin in
   ``truth/origin.json`` (R is identical, the frames are parallel).
 - Pixel coordinates: origin at the top-left corner of the top-left pixel, so the
-  centre of pixel (col i, row j) is (i + 0.5, j + 0.5) and the principal point
-  (W/2, H/2) is the image centre. COLMAP and the ODM gcp_list.txt use this
-  convention. Pinhole, no distortion.
+  centre of pixel (col i, row j) is (i + 0.5, j + 0.5) and the principal point is
+  (W/2 + dx, H/2 + dy) with (dx, dy) = ``camera.principal_offset_px`` (default 0: the
+  image centre). COLMAP and the ODM gcp_list.txt use this convention.
+- Distortion (optional ``camera.distortion``; absent or all zero = pinhole, the original
+  code path): the OpenCV / COLMAP OPENCV model on normalized coordinates, r^2 = x^2 + y^2,
+  x_d = x (1 + k1 r^2 + k2 r^4 + k3 r^6) + 2 p1 x y + p2 (r^2 + 2 x^2),
+  y_d = y (1 + k1 r^2 + k2 r^4 + k3 r^6) + p1 (r^2 + 2 y^2) + 2 p2 x y, pixel = (fx x_d + cx,
+  fy y_d + cy). Each ray sample inverts it (Newton, to 1e-9); GCP pixels and the coverage
+  check use the same model. So the photos are what a real lens delivers (DewarpFlag 0).
 - Attitude: DJI XMP ``GimbalYawDegree`` (and ``FlightYawDegree``) is clockwise from
   *true* north: true north lies 0.33 deg east of UTM grid north here, so a camera
   heading along grid north reports -0.33. Pitch -90 = nadir; roll 0. The gimbal
   angles are exact (no noise).
 - GPS in EXIF = true camera centre + N(0, 2 m) per horizontal axis and N(0, 3 m)
-  vertically (``noise.*`` in the recipe), i.i.d. per image; ``GPSAltitude`` is the
-  ellipsoidal height (AltitudeRef 0); XMP ``RelativeAltitude`` = that noisy height
-  minus the take-off ground height h0; ``AbsoluteAltitude`` = the noisy height.
+  vertically (``noise.*`` in the recipe; 2 cm / 3 cm, RTK, in the survey recipe), i.i.d.
+  per image; ``GPSAltitude`` is the ellipsoidal height (AltitudeRef 0); XMP
+  ``RelativeAltitude`` = that noisy height minus the take-off ground height h0;
+  ``AbsoluteAltitude`` = the noisy height.
 - Sensor: ``FocalLength`` mm = fx * sensor_width_mm / width; FocalPlaneX/YResolution
   in pixels per centimetre (unit 3); ``FocalLengthIn35mmFilm`` = focal * 36 mm /
-  sensor width (width rule, as in OpenDroneMap/OpenSfM and aerosplat.ingest).
+  sensor width (width rule, as in OpenDroneMap/OpenSfM and aerosplat.ingest), rounded.
+- Survey tags (optional ``survey:`` section, absent = none of this): the XMP carries DJI's
+  drone-dji CalibratedFocalLength and CalibratedOpticalCenterX/Y (true fx, cx, cy in pixels
+  at the photo's size, "%.6f"), DewarpData "date;fx,fy,cx-W/2,cy-H/2,k1,k2,p1,p2,k3" ("%.12f"),
+  DewarpFlag, RtkFlag and RtkStdLon/Lat/Hgt (m, "%.5f"), as real survey drones write them;
+  ``FocalLengthIn35mmFilm`` is round(true f35 * (1 + focal_35mm_error)) (drones' tags can be
+  several % off) and ``focal_plane_tags: false`` drops the FocalPlane tags (as many DJI
+  photos do). `strip_xmp_attributes` makes the same photos without chosen tags.
 - GCPs: 2x2 black/white checker squares painted on open ground; geo_x/y/z are
-  exact (surveyed) truth, im_x/im_y the true projection + N(0, noise.gcp_pixel_sigma_px),
-  listed only where the centre is >= ``gcps.margin_px`` inside the image and the
-  line of sight is unobstructed (checked by ray casting).
+  exact (surveyed) truth, im_x/im_y the true projection (distorted, if the lens is) +
+  N(0, noise.gcp_pixel_sigma_px), listed only where the centre is >= ``gcps.margin_px``
+  inside the image and the line of sight is unobstructed (checked by ray casting).
 """
 
 from __future__ import annotations
@@ -93,11 +113,12 @@ import copy
 import datetime as dt
 import json
 import math
+import re
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import piexif
@@ -141,6 +162,12 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "sun.azimuth_deg", "sun.elevation_deg", "sun.ambient",
     "truth.dsm_cell_m",
 )
+# Keys of the optional sections, required once the section is present (no silent defaults
+# for calibration values; a typo must not fall back to zero).
+DISTORTION_KEYS: tuple[str, ...] = ("k1", "k2", "p1", "p2", "k3")
+SURVEY_KEYS: tuple[str, ...] = ("rtk_flag", "rtk_std_m", "dewarp_date", "dewarp_flag",
+                                "focal_35mm_error", "focal_plane_tags")
+XMP_NS = b"http://ns.adobe.com/xap/1.0/\x00"   # APP1 payload prefix of the XMP segment
 
 
 # ---------------------------------------------------------------------------
@@ -166,29 +193,68 @@ def _get(recipe: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Read the YAML recipe, apply overrides, and check that every key is present."""
-    path = Path(path)
+def _has(recipe: dict[str, Any], dotted: str) -> bool:
+    """Whether an optional section is present (and not null)."""
+    try:
+        return _get(recipe, dotted) is not None
+    except (KeyError, TypeError):
+        return False
+
+
+def _read_recipe(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """One recipe file deep-merged over its `base:` recipe (a path relative to the file's folder).
+
+    `chain` holds the files that named this one as their base, to report a missing base
+    by who asked for it and to refuse cycles instead of recursing forever.
+    """
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
+        if chain:
+            raise InputError("base recipe not found", path=path,
+                             hint=f"`base:` in {chain[-1]} is relative to that file's folder") from None
         raise InputError("sample-scene recipe not found", path=path,
                          hint="pass an existing YAML file, e.g. resources/sample_scene.yaml") from None
     except yaml.YAMLError as exc:
         raise InputError(f"recipe is not valid YAML: {exc}", path=path) from None
     if not isinstance(data, dict):
         raise InputError("recipe must be a YAML mapping", path=path)
+    if "base" not in data:
+        return data
+    base = path.parent / str(data.pop("base"))
+    if base.resolve() in {p.resolve() for p in (*chain, path)}:
+        names = " -> ".join(str(p) for p in (*chain, path, base))
+        raise InputError(f"recipe `base:` chain is a cycle: {names}", path=path,
+                         hint="a recipe must not be its own base, directly or through others")
+    return _deep_merge(_read_recipe(base, (*chain, path)), data)
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read the YAML recipe (and its `base:` chain), apply overrides, and check every key."""
+    path = Path(path)
+    data = _read_recipe(path)
     if overrides:
         data = _deep_merge(data, overrides)
-    for key in REQUIRED_KEYS:
+    optional = [k for section, keys in (("camera.distortion", DISTORTION_KEYS), ("survey", SURVEY_KEYS))
+                if _has(data, section) for k in (f"{section}.{key}" for key in keys)]
+    for key in (*REQUIRED_KEYS, *optional):
         try:
             _get(data, key)
         except (KeyError, TypeError):
             raise InputError(f"recipe key `{key}` is missing", path=path,
-                             hint="copy it from resources/sample_scene.yaml") from None
+                             hint="copy it from resources/sample_scene.yaml "
+                                  "(camera.distortion, survey: resources/sample_survey_scene.yaml)") from None
     cam = data["camera"]
     if int(cam["width"]) < 16 or int(cam["height"]) < 16:
         raise InputError("camera.width/height must be at least 16 px", path=path)
+    offset = cam.get("principal_offset_px", (0, 0))
+    if not isinstance(offset, (list, tuple)) or len(offset) != 2:
+        raise InputError("camera.principal_offset_px must be [dx, dy] in pixels", path=path)
+    if _has(data, "survey"):
+        std = data["survey"]["rtk_std_m"]
+        if not isinstance(std, (list, tuple)) or len(std) != 3:
+            raise InputError("survey.rtk_std_m must be [lon, lat, height] in metres", path=path)
+        data["survey"]["dewarp_date"] = str(data["survey"]["dewarp_date"])   # YAML reads 2024-05-20 as a date
     if int(data["render"]["supersample"]) < 1:
         raise InputError("render.supersample must be >= 1", path=path)
     return data
@@ -452,20 +518,92 @@ def plan_flight(recipe: dict[str, Any]) -> list[Shot]:
     return shots
 
 
+def _principal_offset(recipe: dict[str, Any]) -> tuple[float, float]:
+    """camera.principal_offset_px: principal point minus image centre, pixels (0, 0 if absent)."""
+    dx, dy = recipe["camera"].get("principal_offset_px", (0.0, 0.0))
+    return float(dx), float(dy)
+
+
 def _camera_matrix(recipe: dict[str, Any]) -> tuple[int, int, float, float, float, float]:
-    """(width, height, fx, fy, cx, cy); the principal point is the image centre (corner convention)."""
+    """(width, height, fx, fy, cx, cy); principal point = image centre + offset (corner convention)."""
     cam = recipe["camera"]
     w, h = int(cam["width"]), int(cam["height"])
-    return w, h, float(cam["fx"]), float(cam["fy"]), w / 2.0, h / 2.0
+    dx, dy = _principal_offset(recipe)
+    return w, h, float(cam["fx"]), float(cam["fy"]), w / 2.0 + dx, h / 2.0 + dy
+
+
+Distortion = tuple[float, float, float, float, float]   # (k1, k2, p1, p2, k3)
+
+
+def _distortion(recipe: dict[str, Any]) -> Distortion | None:
+    """camera.distortion as (k1, k2, p1, p2, k3); None for a pinhole (absent or all zero),
+    so that a pinhole recipe takes exactly the code path (and bytes) it always did."""
+    d = recipe["camera"].get("distortion")
+    if d is None:
+        return None
+    k = tuple(float(d[key]) for key in DISTORTION_KEYS)
+    return k if any(k) else None   # type: ignore[return-value]
+
+
+def _distort(x: np.ndarray, y: np.ndarray, k: Distortion) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV / COLMAP OPENCV model: normalized undistorted (x, y) -> distorted (x_d, y_d)."""
+    k1, k2, p1, p2, k3 = k
+    r2 = x * x + y * y
+    radial = 1.0 + r2 * (k1 + r2 * (k2 + r2 * k3))
+    return (x * radial + 2.0 * p1 * x * y + p2 * (r2 + 2.0 * x * x),
+            y * radial + p1 * (r2 + 2.0 * y * y) + 2.0 * p2 * x * y)
+
+
+def _undistort(xd: np.ndarray, yd: np.ndarray, k: Distortion,
+               tol: float = 1e-9, max_iter: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of `_distort` by vectorised Newton steps (the model has no closed-form inverse).
+
+    Starts at the distorted point and stops when every residual is below `tol` (normalized
+    units, ~1e-6 px). A solution must lie where the lens is one-to-one (positive radial factor
+    and Jacobian): past the fold of a strong barrel a root exists but belongs to no real ray.
+    """
+    k1, k2, p1, p2, k3 = k
+    xd, yd = np.asarray(xd, np.float64), np.asarray(yd, np.float64)
+    x, y = xd.copy(), yd.copy()
+    for _ in range(max_iter):
+        r2 = x * x + y * y
+        radial = 1.0 + r2 * (k1 + r2 * (k2 + r2 * k3))
+        dradial = k1 + r2 * (2.0 * k2 + 3.0 * k3 * r2)                  # d radial / d r2
+        j11 = radial + 2.0 * x * x * dradial + 2.0 * p1 * y + 6.0 * p2 * x
+        j22 = radial + 2.0 * y * y * dradial + 6.0 * p1 * y + 2.0 * p2 * x
+        j12 = 2.0 * x * y * dradial + 2.0 * p1 * x + 2.0 * p2 * y        # = j21
+        det = j11 * j22 - j12 * j12
+        fx_, fy_ = _distort(x, y, k)
+        ex, ey = fx_ - xd, fy_ - yd
+        if max(float(np.abs(ex).max()), float(np.abs(ey).max())) < tol:   # NaN never passes
+            if np.all(radial > 0) and np.all(det > 0):
+                return x, y
+            break
+        x = x - (j22 * ex - j12 * ey) / det
+        y = y - (j11 * ey - j12 * ex) / det
+    raise InputError("camera.distortion cannot be inverted over the image (no one-to-one undistorted ray)",
+                     hint="use milder k1/k2/k3: the distorted radius must grow with the true radius "
+                          "out to the image corners")
+
+
+def _project(xc: np.ndarray, fx: float, fy: float, cx: float, cy: float,
+             dist: Distortion | None) -> tuple[np.ndarray, np.ndarray]:
+    """Camera-frame points [k, 3] -> pixel (u, v), distorted when `dist` is given; needs z > 0."""
+    if dist is None:
+        return fx * xc[:, 0] / xc[:, 2] + cx, fy * xc[:, 1] / xc[:, 2] + cy
+    xd, yd = _distort(xc[:, 0] / xc[:, 2], xc[:, 1] / xc[:, 2], dist)
+    return fx * xd + cx, fy * yd + cy
 
 
 def _pixel_dirs(shot: Shot, w: int, h: int, fx: float, fy: float, cx: float, cy: float,
-                ss: int) -> np.ndarray:
+                ss: int, dist: Distortion | None = None) -> np.ndarray:
     """Unit world directions of the ss x ss sub-pixel rays, row-major. [h*ss*w*ss, 3]"""
     u = (np.arange(w * ss, dtype=np.float64) + 0.5) / ss      # pixel coords, corner convention
     v = (np.arange(h * ss, dtype=np.float64) + 0.5) / ss
     xc = ((u - cx) / fx)[None, :].repeat(h * ss, 0)
     yc = ((v - cy) / fy)[:, None].repeat(w * ss, 1)
+    if dist is not None:
+        xc, yc = _undistort(xc, yc, dist)   # a distorted pixel sees along its undistorted ray
     dc = np.stack([xc, yc, np.ones_like(xc)], -1).reshape(-1, 3)  # [N, 3] camera frame
     dw = dc @ shot.R                                              # R^T d, row-vector form
     dw /= np.linalg.norm(dw, axis=1, keepdims=True)
@@ -1368,9 +1506,9 @@ def _shade_rays(sc: Scene, o: np.ndarray, d: np.ndarray, px_angle: float) -> np.
 
 
 def render(sc: Scene, shot: Shot, w: int, h: int, fx: float, fy: float, cx: float, cy: float,
-           ss: int) -> np.ndarray:
+           ss: int, dist: Distortion | None = None) -> np.ndarray:
     """Render one photo: uint8 [h, w, 3]."""
-    d_all = _pixel_dirs(shot, w, h, fx, fy, cx, cy, ss)           # [N, 3]
+    d_all = _pixel_dirs(shot, w, h, fx, fy, cx, cy, ss, dist)     # [N, 3]
     rgb_all = np.empty((d_all.shape[0], 3), F32)
     px_angle = 1.0 / (0.5 * (fx + fy) * ss)                        # radians per ray sample
     chunk = 1 << 17                                                # bounded temporaries: fewer page faults
@@ -1407,8 +1545,23 @@ def _from_dms(dms: tuple[tuple[int, int], ...]) -> float:
 
 
 def _xmp_packet(make: str, model: str, pitch: float, yaw: float, roll: float,
-                rel_alt: float, abs_alt: float) -> bytes:
-    """DJI-style XMP: drone-dji attributes on one rdf:Description, signed fixed-point numbers."""
+                rel_alt: float, abs_alt: float, extra: dict[str, str] | None = None) -> bytes:
+    """DJI-style XMP: drone-dji attributes on one rdf:Description, signed fixed-point numbers.
+
+    `extra`: further drone-dji attributes (name -> formatted value), appended in order.
+    """
+    dji = {
+        "AbsoluteAltitude": f"{abs_alt:+.3f}",
+        "RelativeAltitude": f"{rel_alt:+.3f}",
+        "GimbalRollDegree": f"{roll:+.2f}",
+        "GimbalYawDegree": f"{yaw:+.2f}",
+        "GimbalPitchDegree": f"{pitch:+.2f}",
+        "FlightRollDegree": f"{0.0:+.2f}",
+        "FlightYawDegree": f"{yaw:+.2f}",
+        "FlightPitchDegree": f"{0.0:+.2f}",
+        **(extra or {}),
+    }
+    attrs = "".join(f'\n   drone-dji:{name}="{value}"' for name, value in dji.items())
     return (
         '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
         '<x:xmpmeta xmlns:x="adobe:ns:meta/">\n'
@@ -1419,20 +1572,51 @@ def _xmp_packet(make: str, model: str, pitch: float, yaw: float, roll: float,
         '    xmlns:drone-dji="http://www.dji.com/drone-dji/1.0/"\n'
         f'   tiff:Make="{make}"\n'
         f'   tiff:Model="{model}"\n'
-        '   xmp:CreatorTool="aerosplat samplescene"\n'
-        f'   drone-dji:AbsoluteAltitude="{abs_alt:+.3f}"\n'
-        f'   drone-dji:RelativeAltitude="{rel_alt:+.3f}"\n'
-        f'   drone-dji:GimbalRollDegree="{roll:+.2f}"\n'
-        f'   drone-dji:GimbalYawDegree="{yaw:+.2f}"\n'
-        f'   drone-dji:GimbalPitchDegree="{pitch:+.2f}"\n'
-        f'   drone-dji:FlightRollDegree="{0.0:+.2f}"\n'
-        f'   drone-dji:FlightYawDegree="{yaw:+.2f}"\n'
-        f'   drone-dji:FlightPitchDegree="{0.0:+.2f}">\n'
+        '   xmp:CreatorTool="aerosplat samplescene"'
+        f'{attrs}>\n'
         '  </rdf:Description>\n'
         ' </rdf:RDF>\n'
         '</x:xmpmeta>\n'
         '<?xpacket end="w"?>'
     ).encode("utf-8")
+
+
+def _survey_xmp(recipe: dict[str, Any]) -> dict[str, str]:
+    """drone-dji calibration and RTK attributes of a survey drone, formatted like DJI's photos.
+
+    DewarpData is "date;fx,fy,cx_offset,cy_offset,k1,k2,p1,p2,k3" with the principal point
+    as an offset from the image centre; all values in pixels at the photo's size.
+    """
+    sv = recipe["survey"]
+    _, _, fx, fy, cx, cy = _camera_matrix(recipe)
+    dewarp = (fx, fy, *_principal_offset(recipe), *(_distortion(recipe) or (0.0,) * 5))
+    std_lon, std_lat, std_hgt = (float(v) for v in sv["rtk_std_m"])
+    return {
+        "CalibratedFocalLength": f"{fx:.6f}",
+        "CalibratedOpticalCenterX": f"{cx:.6f}",
+        "CalibratedOpticalCenterY": f"{cy:.6f}",
+        "DewarpData": f"{sv['dewarp_date']};" + ",".join(f"{v:.12f}" for v in dewarp),
+        "DewarpFlag": str(int(sv["dewarp_flag"])),
+        "RtkFlag": str(int(sv["rtk_flag"])),
+        "RtkStdLon": f"{std_lon:.5f}",
+        "RtkStdLat": f"{std_lat:.5f}",
+        "RtkStdHgt": f"{std_hgt:.5f}",
+    }
+
+
+def _focal_35mm(recipe: dict[str, Any]) -> tuple[float, int]:
+    """(true 35 mm equivalent focal, FocalLengthIn35mmFilm as written).
+
+    The written tag is the rounded truth, or with `survey.focal_35mm_error` the truth that
+    far off, as some drones write it: pipelines must prefer better sources over it.
+    """
+    cam = recipe["camera"]
+    sw_mm = float(cam["sensor_width_mm"])
+    focal_mm = float(cam["fx"]) * sw_mm / int(cam["width"])
+    f35_true = focal_mm * 36.0 / sw_mm
+    if not _has(recipe, "survey"):
+        return f35_true, int(round(f35_true))
+    return f35_true, int(round(f35_true * (1.0 + float(recipe["survey"]["focal_35mm_error"]))))
 
 
 def _exif_bytes(recipe: dict[str, Any], shot: Shot, lat: float, lon: float,
@@ -1443,7 +1627,7 @@ def _exif_bytes(recipe: dict[str, Any], shot: Shot, lat: float, lon: float,
     sw_mm = float(cam["sensor_width_mm"])
     sh_mm = sw_mm * h / w
     focal_mm = float(cam["fx"]) * sw_mm / w
-    f35 = int(round(focal_mm * 36.0 / sw_mm))
+    _, f35 = _focal_35mm(recipe)
     res_x = w / (sw_mm / 10.0)    # pixels per centimetre
     res_y = h / (sh_mm / 10.0)
     lat_r, lon_r = _dms(lat), _dms(lon)
@@ -1461,13 +1645,16 @@ def _exif_bytes(recipe: dict[str, Any], shot: Shot, lat: float, lon: float,
         piexif.ExifIFD.DateTimeDigitized: shot.time.encode(),
         piexif.ExifIFD.FocalLength: (int(round(focal_mm * 10000)), 10000),
         piexif.ExifIFD.FocalLengthIn35mmFilm: f35,
-        piexif.ExifIFD.FocalPlaneXResolution: (int(round(res_x * 1000)), 1000),
-        piexif.ExifIFD.FocalPlaneYResolution: (int(round(res_y * 1000)), 1000),
-        piexif.ExifIFD.FocalPlaneResolutionUnit: 3,
         piexif.ExifIFD.PixelXDimension: w,
         piexif.ExifIFD.PixelYDimension: h,
         piexif.ExifIFD.ColorSpace: 1,
     }
+    if not _has(recipe, "survey") or recipe["survey"]["focal_plane_tags"]:
+        exif.update({   # piexif writes tags sorted by number: the insertion order does not matter
+            piexif.ExifIFD.FocalPlaneXResolution: (int(round(res_x * 1000)), 1000),
+            piexif.ExifIFD.FocalPlaneYResolution: (int(round(res_y * 1000)), 1000),
+            piexif.ExifIFD.FocalPlaneResolutionUnit: 3,
+        })
     gps = {
         piexif.GPSIFD.GPSVersionID: (2, 3, 0, 0),
         piexif.GPSIFD.GPSLatitudeRef: b"N" if lat >= 0 else b"S",
@@ -1489,14 +1676,20 @@ def _exif_bytes(recipe: dict[str, Any], shot: Shot, lat: float, lon: float,
 
 
 def _check_coverage(sc: Scene, shots: list[Shot], w: int, h: int, fx: float, fy: float,
-                    cx: float, cy: float) -> None:
-    """Every image corner ray must land inside the modelled square (else the edge would show)."""
+                    cx: float, cy: float, dist: Distortion | None = None) -> None:
+    """Every image corner ray must land inside the modelled square (else the edge would show).
+
+    With distortion the corner rays are the undistorted ones: barrel distortion widens the view.
+    """
     for shot in shots:
         if shot.center[2] <= sc.zmax + 1.0:
             raise InputError(f"{shot.name}: camera at {shot.center[2]:.1f} m is not above the scene",
                              hint="raise flight.altitude_m / obliques.altitude_m")
         corners = np.array([[0, 0], [w, 0], [0, h], [w, h], [w / 2, 0]], float)
-        dc = np.stack([(corners[:, 0] - cx) / fx, (corners[:, 1] - cy) / fy, np.ones(5)], -1)
+        xn, yn = (corners[:, 0] - cx) / fx, (corners[:, 1] - cy) / fy
+        if dist is not None:
+            xn, yn = _undistort(xn, yn, dist)
+        dc = np.stack([xn, yn, np.ones(5)], -1)
         dw = dc @ shot.R
         if np.any(dw[:, 2] >= -1e-3):
             raise InputError(f"{shot.name}: part of the view reaches the horizon",
@@ -1513,6 +1706,7 @@ def _gcp_observations(sc: Scene, shots: list[Shot], recipe: dict[str, Any],
                       rng: np.random.Generator) -> list[tuple[int, int, float, float]]:
     """(shot index, gcp index, im_x, im_y) for targets inside the margin and not occluded."""
     w, h, fx, fy, cx, cy = _camera_matrix(recipe)
+    distortion = _distortion(recipe)
     margin = float(recipe["gcps"]["margin_px"])
     sigma = float(recipe["noise"]["gcp_pixel_sigma_px"])
     obs = []
@@ -1522,17 +1716,46 @@ def _gcp_observations(sc: Scene, shots: list[Shot], recipe: dict[str, Any],
         dist = np.linalg.norm(sc.gcps - shot.center, axis=1)
         d = ((sc.gcps - shot.center) / dist[:, None]).astype(F32)
         _, t_hi, hit = _trace(sc, shot.center, d)
+        us, vs = _project(xc, fx, fy, cx, cy, distortion)       # meaningless behind the camera
         for gi in range(len(sc.gcps)):
             if xc[gi, 2] <= 0:
                 continue
-            u = fx * xc[gi, 0] / xc[gi, 2] + cx
-            v = fy * xc[gi, 1] / xc[gi, 2] + cy
+            u, v = us[gi], vs[gi]
             if not (margin <= u <= w - margin and margin <= v <= h - margin):
                 continue
             if not hit[gi] or t_hi[gi] < dist[gi] - 0.05:
                 continue                                         # something stands in the way
             obs.append((si, gi, float(u + noise[gi, 0]), float(v + noise[gi, 1])))
     return obs
+
+
+def strip_xmp_attributes(src: Path, dst: Path, names: Iterable[str]) -> None:
+    """Copy a JPEG with the named drone-dji attributes removed from its XMP packet.
+
+    For tests that need "the same photos without the calibration tags": only the XMP APP1
+    segment is rewritten (with its new length), so EXIF and the scan data stay byte-identical.
+    """
+    data = Path(src).read_bytes()
+    if data[:2] != b"\xff\xd8":
+        raise InputError("not a JPEG file (no SOI marker)", path=src)
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF and data[pos + 1] not in (0xD9, 0xDA):
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        payload = data[pos + 4:pos + 2 + length]
+        if data[pos + 1] == 0xE1 and payload.startswith(XMP_NS):
+            break
+        pos += 2 + length
+    else:
+        raise InputError("JPEG has no XMP packet (APP1 http://ns.adobe.com/xap/1.0/)", path=src)
+    xmp = payload[len(XMP_NS):]
+    for name in names:
+        xmp, n = re.subn(rb'\s+drone-dji:' + re.escape(name.encode()) + rb'="[^"]*"', b"", xmp)
+        if n != 1:
+            raise InputError(f"XMP attribute drone-dji:{name} found {n} times, expected once", path=src)
+    segment = XMP_NS + xmp
+    with atomic_path(dst) as tmp:
+        tmp.write_bytes(data[:pos + 2] + (2 + len(segment)).to_bytes(2, "big") + segment
+                        + data[pos + 2 + length:])
 
 
 def _write_geotiff(path: Path, data: np.ndarray, geo: Georef, half: float, cell: float) -> None:
@@ -1569,10 +1792,12 @@ def generate(recipe_path: str | Path, out_dir: str | Path,
     out = Path(out_dir)
     geo = Georef.from_recipe(recipe["location"])
     w, h, fx, fy, cx, cy = _camera_matrix(recipe)
+    dist = _distortion(recipe)
+    survey_xmp = _survey_xmp(recipe) if _has(recipe, "survey") else None
     ss = int(recipe["render"]["supersample"])
     shots = plan_flight(recipe)
     sc = build_scene(recipe, shots)
-    _check_coverage(sc, shots, w, h, fx, fy, cx, cy)
+    _check_coverage(sc, shots, w, h, fx, fy, cx, cy, dist)
 
     seeds = np.random.SeedSequence(int(recipe["seed"])).spawn(8)
     rng_gps = np.random.default_rng(seeds[7].spawn(2)[0])
@@ -1587,14 +1812,14 @@ def generate(recipe_path: str | Path, out_dir: str | Path,
     images = []
     (out / "images").mkdir(parents=True, exist_ok=True)
     for si, shot in enumerate(shots):
-        img = render(sc, shot, w, h, fx, fy, cx, cy, ss)
+        img = render(sc, shot, w, h, fx, fy, cx, cy, ss, dist)
         true_utm = origin + shot.center
         noisy = true_utm + gps_noise[si]
         lon, lat = geo.to_lonlat(noisy[0], noisy[1])
         exif, (lat_w, lon_w, alt_w) = _exif_bytes(recipe, shot, float(lat), float(lon), float(noisy[2]))
         yaw_true = (shot.yaw_grid_deg - geo.true_north_grid_az_deg + 180.0) % 360.0 - 180.0
         xmp = _xmp_packet(str(cam["make"]), str(cam["model"]), shot.pitch_deg, yaw_true, 0.0,
-                          alt_w - geo.h0, alt_w)
+                          alt_w - geo.h0, alt_w, survey_xmp)
         with atomic_path(out / "images" / shot.name) as tmp:
             Image.fromarray(img).save(tmp, format="JPEG", quality=quality, exif=exif, xmp=xmp)
         e_w, n_w = geo.to_grid(lon_w, lat_w)
@@ -1614,16 +1839,27 @@ def generate(recipe_path: str | Path, out_dir: str | Path,
             "datetime": shot.time,
         })
 
-    write_json(out / "truth" / "cameras.json", {
+    truth: dict[str, Any] = {
         "epsg": geo.epsg, "width": w, "height": h, "fx": fx, "fy": fy, "cx": cx, "cy": cy,
         "model": "PINHOLE",
-        "conventions": ("x_cam = R_world_to_cam @ [E, N, h] + t_world_to_cam (UTM metres, ellipsoidal "
-                        "h; t is large because of UTM magnitudes, use float64); x right, y down, "
-                        "z forward; pixel (u, v) = (fx x/z + cx, fy y/z + cy) with the top-left "
-                        "corner of the top-left pixel at (0, 0). R_local/t_local: same pose with X "
-                        "relative to origin.json (E - easting, N - northing, h - h)."),
-        "images": images,
-    })
+    }
+    conventions = ("x_cam = R_world_to_cam @ [E, N, h] + t_world_to_cam (UTM metres, ellipsoidal "
+                   "h; t is large because of UTM magnitudes, use float64); x right, y down, "
+                   "z forward; pixel (u, v) = (fx x/z + cx, fy y/z + cy) with the top-left "
+                   "corner of the top-left pixel at (0, 0). R_local/t_local: same pose with X "
+                   "relative to origin.json (E - easting, N - northing, h - h).")
+    if dist is not None:   # COLMAP's models; FULL_OPENCV's k4..k6 (rational denominator) are 0
+        truth["model"] = "FULL_OPENCV" if dist[4] else "OPENCV"
+        truth["params"] = [fx, fy, cx, cy, *dist[:4], *((dist[4], 0.0, 0.0, 0.0) if dist[4] else ())]
+        conventions += (" Distortion: (x/z, y/z) go through the OpenCV model (k1, k2, p1, p2, k3) "
+                        "before fx, cx; params in COLMAP order.")
+    truth["conventions"] = conventions
+    if survey_xmp is not None:
+        f35_true, f35_written = _focal_35mm(recipe)
+        truth.update({"f35_true_mm": f35_true, "f35_written_mm": f35_written,
+                      "survey": copy.deepcopy(recipe["survey"])})
+    truth["images"] = images
+    write_json(out / "truth" / "cameras.json", truth)
     write_json(out / "truth" / "origin.json", {
         "epsg": geo.epsg, "lat": geo.lat, "lon": geo.lon, "h": geo.h0,
         "easting": geo.e0, "northing": geo.n0,
