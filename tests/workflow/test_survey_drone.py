@@ -90,8 +90,8 @@ def test_without_the_calibration_tags_the_height_check_speaks_up(survey, tmp_pat
     (scenes / "stripped.yaml").write_text(shipped.replace("generate: resources/sample_survey_scene.yaml\n", "")
                                           .replace('images: "{synthetic}/images"', f'images: "{images}"')
                                           .replace('truth: "{synthetic}/truth"', f'truth: "{survey}/synthetic/truth"'))
-    proc = run_snakemake(tmp_path, "--cores", "2", "results/stripped/georef/frame.json", "--config", f"scenes_dir={scenes}",
-                         "scenes=[stripped]")
+    proc = run_snakemake(tmp_path, "--cores", "2", "results/stripped/georef/frame.json", "--config",
+                         f"scenes_dir={scenes}", "scenes=[stripped]")
     res = tmp_path / "results/stripped"
     sfm = _json(res / "sfm/report.json")
     assert sfm["focal_sources"] == {"35mm_equivalent": 32} and sfm["refine_focal"] is False
@@ -100,7 +100,8 @@ def test_without_the_calibration_tags_the_height_check_speaks_up(survey, tmp_pat
     warning = hp["warning"]
     console = proc.stdout + proc.stderr
     assert warning in console  # printed, not only logged
-    for words in (f"model flying height {hp['model_agl_m']:.1f} m", f"relative altitude {hp['relative_altitude_m']:.1f} m",
+    for words in (f"model flying height {hp['model_agl_m']:.1f} m",
+                  f"relative altitude {hp['relative_altitude_m']:.1f} m",
                   "take-off point", "focal-length prior (35mm_equivalent", "`georef.height_prior`"):
         assert words in warning, warning
     assert hp["model_agl_m"] < 0.95 * hp["relative_altitude_m"]  # 8 % short focal: 8 % low flying height

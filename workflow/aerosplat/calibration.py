@@ -42,6 +42,9 @@ MAX_EXIF_MISMATCH = 0.3
 MAX_ASPECT_MISMATCH = 0.1
 """fx and fy of one calibration differ by less than this share (square-ish pixels)."""
 
+EXIF_FALLBACK = "the EXIF focal length (sensor width or 35 mm equivalent)"
+"""What a photo falls back to when none of its calibration sources can be used."""
+
 SOURCES = ("config", "dewarp_data", "calibrated_focal_length")
 """Calibration sources, most trusted first; what `ImageMeta.calib_source` may hold besides none."""
 
@@ -199,7 +202,7 @@ def choose(name: str, xmp: Mapping[str, Any], orig_size: tuple[int, int], size: 
         try:
             cal = build()
         except CalibrationError as exc:
-            nxt = candidates[i + 1][0] if i + 1 < len(candidates) else "the EXIF focal length (sensor width or 35 mm equivalent)"
+            nxt = candidates[i + 1][0] if i + 1 < len(candidates) else EXIF_FALLBACK
             log.warning("%s: %s %s; using %s instead", name, tag, exc, nxt)
             continue
         if cal.source == "dewarp_data" and xmp.get("DewarpFlag") == 1:

@@ -187,18 +187,20 @@ class ImageMeta:
             sh = self.h_acc if self.h_acc else default_h
             sv = self.v_acc if self.v_acc else default_v
             return sh, sh, sv
-        rtk = (self.rtk_std_lon, self.rtk_std_lat, self.rtk_std_hgt)
-        if all(v is not None and v > 0 for v in rtk):
-            return tuple(max(float(v), RTK_MIN_SIGMA_M) for v in rtk)  # type: ignore[return-value]
+        if self._has_rtk_accuracy():
+            return tuple(max(float(v), RTK_MIN_SIGMA_M)  # type: ignore[return-value]
+                         for v in (self.rtk_std_lon, self.rtk_std_lat, self.rtk_std_hgt))
         return default_h, default_h, default_v
+
+    def _has_rtk_accuracy(self) -> bool:
+        return all(v is not None and v > 0 for v in (self.rtk_std_lon, self.rtk_std_lat, self.rtk_std_hgt))
 
     @property
     def position_accuracy_source(self) -> str:
         """Where position_sigma's values come from: geo_txt | rtk | default."""
         if self.position_source == "geo_txt":
             return "geo_txt" if self.h_acc or self.v_acc else "default"
-        rtk = (self.rtk_std_lon, self.rtk_std_lat, self.rtk_std_hgt)
-        return "rtk" if all(v is not None and v > 0 for v in rtk) else "default"
+        return "rtk" if self._has_rtk_accuracy() else "default"
 
     def calibration(self) -> Calibration | None:
         """The factory/configured intrinsics at the ingested size, or None (heuristic focal only)."""

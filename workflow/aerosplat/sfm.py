@@ -32,6 +32,7 @@ from typing import Sequence
 import numpy as np
 import pycolmap
 
+from . import calibration
 from .errors import InputError, StageFailure
 from .fileio import atomic_path, write_json
 from .ingest import ImageMeta, read_exif_csv
@@ -41,11 +42,11 @@ log = logging.getLogger(__name__)
 # A gimbal pitch within this many degrees of -90 counts as nadir.
 NADIR_TOLERANCE_DEG = 10.0
 
-METADATA_FOCAL_SOURCES = ("config", "dewarp_data", "calibrated_focal_length", "sensor_width", "35mm_equivalent")
-"""focal_px sources SfM may hold fixed on a nadir-only flight (ingest.ImageMeta.focal_px_source)."""
-
 HEURISTIC_FOCAL_SOURCES = ("sensor_width", "35mm_equivalent")
-"""Of those, the estimates (not a calibration of the lens): heights resting on them are checked."""
+"""Focal estimates from EXIF (not a calibration of the lens): heights resting on them are checked."""
+
+METADATA_FOCAL_SOURCES = calibration.SOURCES + HEURISTIC_FOCAL_SOURCES
+"""focal_px sources SfM may hold fixed on a nadir-only flight (ingest.ImageMeta.focal_px_source)."""
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,8 @@ def _reader_options(group: Sequence[ImageMeta], opts: SfmOptions) -> pycolmap.Im
     return reader
 
 
-def _write_database(db_path: Path, images_dir: Path, metas: Sequence[ImageMeta], opts: SfmOptions) -> tuple[int, list[dict]]:
+def _write_database(db_path: Path, images_dir: Path, metas: Sequence[ImageMeta],
+                    opts: SfmOptions) -> tuple[int, list[dict]]:
     """Import images (one camera per group), set focal priors, write GPS pose priors.
 
     Returns the number of priors and one line per camera saying where its intrinsics come from.
@@ -279,7 +281,7 @@ def run(images_dir: str | Path, exif_csv: str | Path, out_sparse: str | Path, ou
         refine_focal, why = _decide_refine_focal(opts, metas)
         # A full calibration's distortion is held with its focal; a heuristic camera's radial term is
         # always refined (it starts at zero and nothing else knows it).
-        calibrated = all((m.calibration() is not None and m.calibration().has_distortion) for m in metas)
+        calibrated = all(cal is not None and cal.has_distortion for cal in (m.calibration() for m in metas))
         refine_extra = refine_focal or not calibrated
         log.info("focal refinement: %s (%s); distortion refined: %s", refine_focal, why, refine_extra)
         t = time.monotonic()
