@@ -7,7 +7,8 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from aerosplat.config import load_scene
-from aerosplat.crs import parse_delivery_crs
+from aerosplat.crs import check_area_of_use, parse_delivery_crs
+from aerosplat.ingest import quick_positions
 from aerosplat.errors import InputError
 
 BASE = Path(workflow.basedir)
@@ -25,6 +26,16 @@ def _resolve(scene, value):
     return str(BASE / text)
 
 
+def _check_crs(cfg, path):
+    """A configured CRS must be projected, metric and made for where the photos are (before any job)."""
+    crs = parse_delivery_crs(cfg["crs"], source=str(path))
+    images, geo_txt = cfg["images"], cfg["positions"]["geo_txt"]
+    if images.startswith("results/"):
+        return  # photos still to be generated: georef checks the CRS against them
+    lat, lon = quick_positions(images, geo_txt if geo_txt and not geo_txt.startswith("results/") else None)
+    check_area_of_use(crs, lat, lon, configured=cfg["crs"], source=str(path))
+
+
 def _load_scenes(names):
     scenes = {}
     if isinstance(names, str):
@@ -35,8 +46,6 @@ def _load_scenes(names):
         path = SCENES_DIR / f"{name}.yaml"
         try:
             cfg = load_scene(path, SCHEMA)
-            if cfg["crs"] not in ("auto", None):
-                parse_delivery_crs(cfg["crs"], source=str(path))
         except InputError as exc:
             raise WorkflowError(f"Scene '{name}': {exc}") from None
         cfg["_file"] = str(path)
@@ -53,6 +62,11 @@ def _load_scenes(names):
             p = cfg["positions"][key]
             if p and not p.startswith("results/") and not os.path.isfile(p):
                 raise WorkflowError(f"Scene '{name}' ({path}): `positions.{key}: {p}` does not exist.")
+        if cfg["crs"] not in ("auto", None):
+            try:
+                _check_crs(cfg, path)
+            except InputError as exc:
+                raise WorkflowError(f"Scene '{name}': {exc}") from None
         scenes[name] = cfg
     return scenes
 

@@ -94,6 +94,39 @@ def choose_delivery_crs(configured: str | int | None, lat: np.ndarray, lon: np.n
     return CRS.from_epsg(utm_epsg(float(lat[ok].mean()), mean_lon))
 
 
+AREA_MARGIN_DEG = 1.0
+"""How far (degrees) outside a CRS's published area of use positions may lie (a scene across a zone edge)."""
+
+
+def check_area_of_use(crs: CRS, lat: npt.ArrayLike, lon: npt.ArrayLike, *, configured: str | int,
+                      source: str = "scene config", key: str = "crs") -> None:
+    """Refuse a configured CRS whose area of use (EPSG's, plus AREA_MARGIN_DEG) misses the positions.
+
+    A UTM zone 100 degrees away still projects, into northings of 11,000 km and a wrong scale:
+    a silent wrong result. The message names the CRS, its area and what `auto` would pick.
+    """
+    area = crs.area_of_use
+    lat, lon = np.asarray(lat, float), np.asarray(lon, float)
+    ok = np.isfinite(lat) & np.isfinite(lon)
+    if area is None or not ok.any():
+        return
+    lat, lon = lat[ok], lon[ok]
+    w, s, e, n = area.bounds
+    m = AREA_MARGIN_DEG
+    lon_in = (lon >= w - m) & (lon <= e + m) if w <= e else (lon >= w - m) | (lon <= e + m)  # across 180
+    outside = ~(lon_in & (lat >= s - m) & (lat <= n + m))
+    if not outside.any():
+        return
+    auto = choose_delivery_crs("auto", lat, lon)
+    raise InputError(
+        f"`{key}: {configured}` ({crs.name}) is made for {area.name.rstrip('.')} (longitude {w:g} to {e:g}, "
+        f"latitude {s:g} to {n:g}), but {int(outside.sum())} of {len(lat)} photo positions lie outside it, "
+        f"e.g. latitude {lat[outside][0]:.5f}, longitude {lon[outside][0]:.5f}",
+        path=source,
+        hint=f"use `{key}: auto` (here EPSG:{auto.to_epsg()}, {auto.name}) or a CRS made for this area",
+    )
+
+
 def to_crs(points_xyz: npt.ArrayLike, src_crs: CRS | str | int, dst_crs: CRS | str | int) -> np.ndarray:
     """Transform points [N, 3] or [3] from `src_crs` to `dst_crs` (x = lon/easting, y = lat/northing).
 

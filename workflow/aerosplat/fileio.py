@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -16,10 +20,12 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it into place only on success.
 
     Works for files and directories. The temporary name starts with '.' and ends in
-    '.partial' so it is obvious in a listing and never matches a Snakemake output.
+    '.partial' so it is obvious in a listing and never matches a Snakemake output. Temporaries
+    of `final` left by a killed run (Snakemake runs one job per output at a time) are removed.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     target = tmp / final.name
     try:
@@ -31,6 +37,16 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         os.replace(target, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_partials(final: str | Path) -> list[Path]:
+    """Delete the '.<name>.*.partial' temporaries of `final` that a killed job left; return them."""
+    final = Path(final)
+    stale = sorted(final.parent.glob(f".{glob.escape(final.name)}.*.partial"))
+    for path in stale:
+        log.info("removing %s, left by an interrupted run", path)
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -25,6 +25,7 @@ took off at the level of the mapped ground, hence opt-in.
 from __future__ import annotations
 
 import logging
+import shutil
 import statistics
 import time
 from dataclasses import dataclass
@@ -59,6 +60,10 @@ class GeorefOptions:
     height_prior: str = "check"
     height_prior_tolerance: float = 0.005  # stop when model AGL matches the prior to this fraction
     height_check_tolerance: float = 0.05  # warn when model AGL and relative altitude differ by more
+    model_sigma_gsd: float = 2.0  # the model's own camera-centre uncertainty, in ground pixels
+    max_outlier_share: float = 0.2  # more outliers than this: the fit is not trusted
+    max_attitude_error_deg: float = 20.0  # cameras' optical axes vs their gimbal pitch
+    max_ground_tilt_deg: float = 30.0  # without gimbal angles: the ground plane vs horizontal
     gcp_max_reproj_px: float = 5.0
     seed: int = 0
 
@@ -184,6 +189,68 @@ def model_agl(rec: pycolmap.Reconstruction, sim: Similarity) -> float | None:
         z = sim.apply(np.asarray(zs, float))[:, 2]
         heights.append(c[2] - float(np.median(z)))
     return float(np.median(heights)) if heights else None
+
+
+def ground_pixel(rec: pycolmap.Reconstruction, sim: Similarity) -> float | None:
+    """Metres per pixel at the model's median flying height (None when it has no positive height)."""
+    agl = model_agl(rec, sim)
+    focal = float(np.median([c.mean_focal_length() for c in rec.cameras.values()]))
+    return agl / focal if agl and agl > 0 and focal > 0 else None
+
+
+def attitude_errors(rec: pycolmap.Reconstruction, sim: Similarity, metas: dict[str, ImageMeta]) -> list[float]:
+    """Per image with a gimbal pitch: |elevation of the model's optical axis - gimbal pitch| (degrees)."""
+    out = []
+    for iid in rec.reg_image_ids():
+        im = rec.images[iid]
+        pitch = metas[im.name].gimbal_pitch if im.name in metas else None
+        if pitch is None:
+            continue
+        axis = sim.R @ (np.asarray(im.cam_from_world().rotation.matrix()).T @ np.array([0.0, 0.0, 1.0]))
+        elevation = np.degrees(np.arcsin(np.clip(axis[2] / np.linalg.norm(axis), -1, 1)))
+        out.append(float(abs(elevation - pitch)))
+    return out
+
+
+def ground_tilt_deg(rec: pycolmap.Reconstruction, sim: Similarity) -> float | None:
+    """Angle (degrees) between vertical and the normal of the plane best fitting the model's points."""
+    pts = np.array([p.xyz for p in rec.points3D.values()])
+    if len(pts) < 10:
+        return None
+    pts = sim.apply(pts)
+    _, _, vt = np.linalg.svd(pts - np.median(pts, axis=0), full_matrices=False)
+    return float(np.degrees(np.arccos(min(1.0, abs(vt[2, 2])))))
+
+
+def geometry_checks(rec: pycolmap.Reconstruction, sim: Similarity, metas: dict[str, ImageMeta],
+                    n_positions: int, outliers: list[str], opts: "GeorefOptions") -> tuple[dict, list[str]]:
+    """Whether the fitted model stands upright above its ground and agrees with most positions.
+
+    Returns the figures (for frame.json) and the reasons the result must not be delivered.
+    A failed RANSAC on a badly connected model exits with a tilted, upside-down or mostly
+    "outlier" fit that still has a small residual on the few positions it kept.
+    """
+    errors = attitude_errors(rec, sim, metas)
+    agl = model_agl(rec, sim)
+    tilt = ground_tilt_deg(rec, sim)
+    figures = {"outlier_share": len(outliers) / n_positions if n_positions else 0.0,
+               "attitude_error_deg_median": float(np.median(errors)) if errors else None,
+               "ground_tilt_deg": tilt, "model_agl_m": agl}
+    problems = []
+    if n_positions and figures["outlier_share"] > opts.max_outlier_share:
+        problems.append(f"{len(outliers)} of {n_positions} positions ({figures['outlier_share']:.0%}) disagree with the "
+                        f"model beyond {opts.outlier_sigmas:g} sigma (limit `georef.max_outlier_share` "
+                        f"{opts.max_outlier_share:.0%}): {', '.join(outliers[:12])}{', ...' if len(outliers) > 12 else ''}")
+    if errors and figures["attitude_error_deg_median"] > opts.max_attitude_error_deg:
+        problems.append(f"the model is not upright: its cameras look {figures['attitude_error_deg_median']:.0f} degrees "
+                        f"away from their gimbal pitch (median; limit `georef.max_attitude_error_deg` "
+                        f"{opts.max_attitude_error_deg:g})")
+    elif not errors and tilt is not None and tilt > opts.max_ground_tilt_deg:
+        problems.append(f"the model is not upright: its ground leans {tilt:.0f} degrees from horizontal (limit "
+                        f"`georef.max_ground_tilt_deg` {opts.max_ground_tilt_deg:g})")
+    if agl is not None and agl <= 0:
+        problems.append(f"the cameras fly {agl:.1f} m above the ground they see: below it")
+    return figures, problems
 
 
 def rescale_focal(rec: pycolmap.Reconstruction, factor: float) -> None:
@@ -321,6 +388,8 @@ def run(sfm_sparse: str | Path, exif_csv: str | Path, out_sparse: str | Path, ou
         gcp_wgs84 = crsmod.to_crs(g, gcps.crs, crsmod.WGS84_3D)
     lat, lon = geographic_centroid(metas, gcp_wgs84)
     delivery = crsmod.choose_delivery_crs(crs, lat, lon, source=scene_config)
+    if crs not in (None, "", "auto"):
+        crsmod.check_area_of_use(delivery, lat, lon, configured=crs, source=scene_config)
     epsg = delivery.to_epsg()
     log.info("delivery CRS: %s (EPSG:%s)", delivery.name, epsg)
 
@@ -346,13 +415,15 @@ def run(sfm_sparse: str | Path, exif_csv: str | Path, out_sparse: str | Path, ou
                          hint="provide EXIF GPS, a geo.txt or a gcp_list.txt (see config/README.md)")
     origin = np.round(np.mean(np.array(all_dst), axis=0))
 
+    model_sigma = 0.0  # the SfM camera centres' own uncertainty (m), added to each position's
+
     def correspondences(rec_now):
         src, dst, sig, kinds = [], [], [], []
         if method in ("gps", "gcp+gps"):
             for n in cam_names:
                 src.append(centre(rec_now, n))
                 dst.append(positions[n][0] - origin)
-                sig.append(positions[n][1])
+                sig.append(np.hypot(positions[n][1], model_sigma))
                 kinds.append(("image", n))
         tri = {}
         if gcps is not None:
@@ -371,6 +442,13 @@ def run(sfm_sparse: str | Path, exif_csv: str | Path, out_sparse: str | Path, ou
 
     src, dst, sig, kinds, tri = correspondences(rec)
     fit = _fit(src, dst, sig, opts)
+    # A similarity cannot make the model's camera centres better than its own precision (about a
+    # ground pixel or two): against RTK's 2 cm, decimetres of model error would otherwise be "outliers".
+    gsd = ground_pixel(rec, fit.sim)
+    if gsd and opts.model_sigma_gsd > 0 and method != "gcp":
+        model_sigma = opts.model_sigma_gsd * gsd
+        src, dst, sig, kinds, tri = correspondences(rec)
+        fit = _fit(src, dst, sig, opts)
 
     # Nadir-only flights: the flying height rests on the focal prior; the relative altitude checks it
     # (or, when configured, sets it).
@@ -414,12 +492,15 @@ def run(sfm_sparse: str | Path, exif_csv: str | Path, out_sparse: str | Path, ou
         "method": method,
         "scale": float(sim.scale),
         "sfm_to_local": sim.to_dict(),
+        # The headline is over every position: a fit that keeps only the positions it agrees with
+        # must not look good for it. The inliers' figures stand beside it.
         "rmse_gps_m": {
-            "horizontal": _rms(np.hypot(cam_res[inl, 0], cam_res[inl, 1])),
-            "vertical": _rms(cam_res[inl, 2]),
-            "horizontal_all": _rms(np.hypot(cam_res[:, 0], cam_res[:, 1])),
-            "vertical_all": _rms(cam_res[:, 2]),
+            "horizontal": _rms(np.hypot(cam_res[:, 0], cam_res[:, 1])),
+            "vertical": _rms(cam_res[:, 2]),
+            "horizontal_inliers": _rms(np.hypot(cam_res[inl, 0], cam_res[inl, 1])),
+            "vertical_inliers": _rms(cam_res[inl, 2]),
         },
+        "model_sigma_m": model_sigma,
         "num_images_with_position": len(cam_names),
         "positions": position_accuracy([metas_by_name[n] for n in cam_names], positions),
         "num_inliers": int(inl.sum()),
@@ -445,7 +526,26 @@ def run(sfm_sparse: str | Path, exif_csv: str | Path, out_sparse: str | Path, ou
             gps_only.transform(pycolmap.Sim3d(gsim.scale, pycolmap.Rotation3d(gsim.R), gsim.t))
             frame["gt_camera_rmse_gps_only_m"] = compare_to_truth(gps_only, origin, delivery,
                                                                   Path(truth_dir))["gt_camera_rmse_m"]
+    frame["checks"], problems = geometry_checks(rec, sim, metas_by_name, len(cam_names), outliers, opts)
     frame["seconds"] = round(time.monotonic() - t0, 2)
+    if problems:
+        partial = Path(out_sparse).parent / "partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        local_rec.write(str(partial))
+        write_json(Path(out_frame).with_suffix(".partial.json"), frame)
+        hint = f" Height check: {height_info['warning']}" if height_info.get("warning") else ""
+        raise StageFailure(
+            "georeferencing gives a wrong model: " + "; ".join(problems) + f". GPS residual RMSE over all "
+            f"positions {frame['rmse_gps_m']['horizontal']:.2f} m horizontal, {frame['rmse_gps_m']['vertical']:.2f} m "
+            f"vertical. Likely causes: the SfM model is two weakly connected pieces (see the sfm log's "
+            f"weak-connection warning), wrong positions, or a wrong focal prior.{hint} The model and the figures "
+            f"are kept for inspection in {partial} and {Path(out_frame).with_suffix('.partial.json')}.")
+    for stale in (Path(out_sparse).parent / "partial", Path(out_frame).with_suffix(".partial.json")):
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        elif stale.exists():
+            stale.unlink()
 
     with atomic_path(out_sparse) as tmp:
         tmp.mkdir()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import hashlib
 import logging
 import math
 import shutil
@@ -526,6 +527,19 @@ def ingest_image(src: str | Path, dst: str | Path, max_image_size: int | None = 
     Raises UnreadableImage (with the reason) for a file that is not a complete JPEG/PNG/TIFF.
     Call inside strict_decoding() so truncated files are detected.
     """
+    return _ingest_image(src, dst, max_image_size, calibration_override)[0]
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What makes two photos the same: their bytes, or their decoded pixels under another name/format."""
+
+    file_sha256: str
+    pixels_sha256: str
+
+
+def _ingest_image(src: str | Path, dst: str | Path, max_image_size: int | None,
+                  calibration_override: Calibration | None) -> tuple[ImageMeta, Fingerprint]:
     src, dst = Path(src), Path(dst)
     try:
         im = Image.open(src)
@@ -542,6 +556,8 @@ def ingest_image(src: str | Path, dst: str | Path, max_image_size: int | None = 
         orig = im.size
         size = scaled_size(*orig, max_image_size)
         xmp = read_dji_xmp(im, str(src))
+        fingerprint = Fingerprint(hashlib.sha256(src.read_bytes()).hexdigest(),
+                                  hashlib.sha256(f"{im.mode} {im.size}".encode() + im.tobytes()).hexdigest())
         if size == orig:
             shutil.copyfile(src, dst)
         else:
@@ -549,7 +565,42 @@ def ingest_image(src: str | Path, dst: str | Path, max_image_size: int | None = 
                 _save_downscaled(im, fmt, size, dst)
             except (ValueError, TypeError, KeyError) as exc:  # Pillow cannot handle this mode
                 raise UnreadableImage(f"could not be downscaled ({exc})") from exc
-    return _build_meta(src.name, orig, size, read_exif_tags(src), xmp, calibration_override)
+    return _build_meta(src.name, orig, size, read_exif_tags(src), xmp, calibration_override), fingerprint
+
+
+def duplicate_of(name: str, fingerprint: Fingerprint, seen: dict[str, str]) -> str | None:
+    """The reason `name` is a copy of an earlier photo (recording it in `seen` otherwise), else None.
+
+    A copied photo would count twice in SfM and training, and one copy could be held out while the
+    other trains: evaluation on a photo the model has seen.
+    """
+    for key, how in ((fingerprint.file_sha256, "the same file"), (fingerprint.pixels_sha256, "the same pixels")):
+        if key in seen:
+            return f"duplicate of {seen[key]} ({how})"
+    seen[fingerprint.file_sha256] = seen[fingerprint.pixels_sha256] = name
+    return None
+
+
+def quick_positions(images_dir: str | Path, geo_txt: str | Path | None = None,
+                    limit: int = 40) -> tuple[list[float], list[float]]:
+    """(lats, lons) of up to `limit` photos spread over the folder (geo.txt's where it gives them),
+    read from EXIF alone: cheap enough to check a configured CRS before any job runs."""
+    photos, _ = _list_candidates(Path(images_dir))
+    step = max(1, len(photos) // limit)
+    lats, lons = [], []
+    for path in photos[::step][:limit]:
+        tags = read_exif_tags(path)
+        lat = gps_degrees(_tag(tags, "GPS GPSLatitude"), _tag_text(tags, "GPS GPSLatitudeRef"))
+        lon = gps_degrees(_tag(tags, "GPS GPSLongitude"), _tag_text(tags, "GPS GPSLongitudeRef"))
+        if lat is not None and lon is not None and (lat, lon) != (0, 0):
+            lats.append(lat)
+            lons.append(lon)
+    if geo_txt is not None:
+        geo = parse_geo_txt(geo_txt)
+        pts = to_crs([[e.x, e.y, e.z or 0.0] for e in geo.entries[:limit]], parse_crs_header(geo.crs_text), WGS84_3D)
+        lats.extend(float(p[1]) for p in pts)
+        lons.extend(float(p[0]) for p in pts)
+    return lats, lons
 
 
 # ---------------------------------------------------------------------------
@@ -709,7 +760,7 @@ def run(images_dir: str | Path, out_images_dir: str | Path, out_exif_csv: str | 
     """Ingest a folder of photos: verify, downscale/copy, describe, and check positions.
 
     Writes `out_images_dir` (the usable images, original names), `out_exif_csv` (one
-    ImageMeta row each) and `out_skipped_csv` (name, reason of each unreadable file).
+    ImageMeta row each) and `out_skipped_csv` (name, reason of each unreadable or duplicate file).
     All three appear together on success; on any error none of them exists.
     `calibration_config` is the scene's `ingest.calibration` (it outranks the photos' own tags).
     Raises InputError for problems the user must fix.
@@ -776,32 +827,38 @@ def _run(images_dir: Path, out_images_dir: Path, out_exif_csv: Path, out_skipped
         tmp_images.mkdir()
         stack.enter_context(strict_decoding())
 
-        def work(src: Path) -> ImageMeta | str:
+        def work(src: Path) -> tuple[ImageMeta, Fingerprint] | str:
             try:
-                return ingest_image(src, tmp_images / src.name, max_image_size, override)
+                return _ingest_image(src, tmp_images / src.name, max_image_size, override)
             except UnreadableImage as exc:
                 return str(exc)
 
         metas: list[ImageMeta] = []
         skipped: list[tuple[str, str]] = []
+        seen: dict[str, str] = {}
         step = max(1, math.ceil(len(photos) / 10))
-        results: Iterable[ImageMeta | str] = map(work, photos)
+        results: Iterable[tuple[ImageMeta, Fingerprint] | str] = map(work, photos)
         if threads > 1:  # Pillow releases the GIL while decoding and resizing
             pool = stack.enter_context(ThreadPoolExecutor(max_workers=threads))
             results = pool.map(work, photos)
         for done, (src, result) in enumerate(zip(photos, results), start=1):
+            if not isinstance(result, str) and (copy := duplicate_of(src.name, result[1], seen)):
+                (tmp_images / src.name).unlink()
+                result = copy
             if isinstance(result, str):
                 log.warning("%s: skipped: %s", src, result)
                 skipped.append((src.name, result))
             else:
-                metas.append(result)
+                metas.append(result[0])
             if done % step == 0 or done == len(photos):
                 log.info("ingest: %d/%d photos checked (%d%%), %d skipped", done, len(photos),
                          round(100 * done / len(photos)), len(skipped))
 
         skipped_note = ""
         if skipped:
-            skipped_note = (f"; {len(skipped)} unreadable file(s) skipped: "
+            dup = sum(reason.startswith("duplicate of") for _, reason in skipped)
+            kind = "unreadable" if not dup else "duplicate" if dup == len(skipped) else "unreadable or duplicate"
+            skipped_note = (f"; {len(skipped)} {kind} file(s) skipped: "
                             + ", ".join(n for n, _ in skipped[:5])
                             + (", ..." if len(skipped) > 5 else ""))
         if len(metas) < min_images:

@@ -62,6 +62,7 @@ class SfmOptions:
     max_num_features: int = 8192
     refine_focal: str = "auto"  # auto | true | false
     min_registered_fraction: float = 0.5
+    weak_connection_points: int = 30  # images sharing fewer points are not linked (weak-connection check)
     seed: int = 0
 
     @staticmethod
@@ -223,6 +224,46 @@ def _map(db_path: Path, images_dir: Path, out_dir: Path, opts: SfmOptions, refin
     return pycolmap.incremental_mapping(str(db_path), str(images_dir), str(out_dir), iopts)
 
 
+def weak_connections(rec: pycolmap.Reconstruction, min_shared: int) -> dict | None:
+    """Groups of images that only a few points hold together, or None when the model is one piece.
+
+    Images are linked when they share at least `min_shared` points; more than one linked group
+    means the model rests on the few points between them, and the groups may disagree in scale
+    or bend apart (two strips that barely overlap). Returns the groups (largest first) and the
+    number of points seen from more than one group.
+    """
+    ids = list(rec.reg_image_ids())
+    pairs: Counter = Counter()
+    for point in rec.points3D.values():
+        seen = sorted({el.image_id for el in point.track.elements})
+        for i, a in enumerate(seen):
+            for b in seen[i + 1:]:
+                pairs[a, b] += 1
+    parent = {i: i for i in ids}
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for (a, b), n in pairs.items():
+        if n >= min_shared:
+            parent[root(a)] = root(b)
+    groups: dict[int, list[int]] = {}
+    for i in ids:
+        groups.setdefault(root(i), []).append(i)
+    if len(groups) < 2:
+        return None
+    group_of = {i: g for g, members in groups.items() for i in members}
+    shared = sum(1 for point in rec.points3D.values()
+                 if len({group_of[el.image_id] for el in point.track.elements}) > 1)
+    named = sorted((sorted(rec.images[i].name for i in members) for members in groups.values()),
+                   key=lambda g: (-len(g), g))
+    return {"groups": named, "shared_points": shared, "min_shared_points": min_shared,
+            "points": int(rec.num_points3D())}
+
+
 def summarize(rec: pycolmap.Reconstruction, total: int) -> dict:
     """The figures a user checks first: how much registered, how well it fits."""
     cams = {str(cid): {"model": c.model_name, "width": c.width, "height": c.height,
@@ -315,6 +356,14 @@ def run(images_dir: str | Path, exif_csv: str | Path, out_sparse: str | Path, ou
                 + "Check that the photos overlap (>= 60% forward, >= 40% side) and show texture; "
                 "unregistered: " + ", ".join(summary["unregistered_images"][:20])
             )
+        weak = weak_connections(best, opts.weak_connection_points)
+        summary["weak_connection"] = weak
+        if weak:
+            log.warning("the model holds together by only %d of its %d points between %d groups of images (no two "
+                        "images across groups share %d points): %s. The groups may disagree in scale or bend apart; "
+                        "fly more overlap between them, or process them as separate scenes", weak["shared_points"],
+                        weak["points"], len(weak["groups"]), weak["min_shared_points"],
+                        "; ".join(f"group {k + 1}: {_names(g)}" for k, g in enumerate(weak["groups"])))
         sparse_tmp.mkdir()
         best.write(str(sparse_tmp))
         shutil.rmtree(maps_dir, ignore_errors=True)
@@ -323,6 +372,11 @@ def run(images_dir: str | Path, exif_csv: str | Path, out_sparse: str | Path, ou
     log.info("SfM: %d/%d registered, %.3f px, %d points, %.1f s", summary["registered"], total,
              summary["mean_reproj_error_px"], summary["num_points3d"], summary["seconds"])
     return summary
+
+
+def _names(names: Sequence[str], most: int = 8) -> str:
+    """'a, b, c' or 'a, b, ... (n images)' for long lists."""
+    return ", ".join(names) if len(names) <= most else f"{', '.join(names[:most])}, ... ({len(names)} images)"
 
 
 def _median_or_none(values):

@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 
 def summarize(scene_dir: str | Path) -> str:
     d = Path(scene_dir)
     lines = [f"scene: {d.name} ({d})"]
+    skipped = d / "ingest" / "skipped.csv"
+    if skipped.is_file():
+        with open(skipped, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        used = max(0, sum(1 for _ in open(d / "ingest" / "exif.csv", encoding="utf-8")) - 1) \
+            if (d / "ingest" / "exif.csv").is_file() else 0
+        kinds = Counter("duplicate" if r["reason"].startswith("duplicate of") else "unreadable" for r in rows)
+        lines.append(f"  ingest: {used} photos used, {len(rows)} skipped"
+                     + (f" ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}: {', '.join(r['name'] for r in rows[:5])}"
+                        f"{', ...' if len(rows) > 5 else ''}; see {skipped})" if rows else ""))
     sfm = d / "sfm" / "report.json"
     if sfm.is_file():
         r = json.loads(sfm.read_text())
         lines.append(f"  sfm: {r['registered']}/{r['total']} registered, {r['mean_reproj_error_px']:.3f} px mean "
                      f"reprojection error, {r['num_points3d']} points, track length "
                      f"{r['mean_track_length']:.2f}, {r['seconds']:.0f} s ({r['matcher']}, {r['mapper']})")
+        weak = r.get("weak_connection")
+        if weak:
+            lines.append(f"    WARNING (sfm): weak connection: {weak['shared_points']} of {weak['points']} points hold "
+                         f"{len(weak['groups'])} groups of images together: "
+                         + "; ".join(f"{len(g)} images from {g[0]} to {g[-1]}" for g in weak["groups"]))
         for cam in r.get("camera_sources", []):
             final = r.get("cameras", {}).get(str(cam["camera_id"]), {})
             focal = final.get("params", cam["params_start"])[0]
@@ -25,6 +42,11 @@ def summarize(scene_dir: str | Path) -> str:
                          + (f" of {cam['calibration_date']}" if cam.get("calibration_date") else "")
                          + (", held fixed" if not r.get("refine_focal", True) else ", refined"))
     frame = d / "georef" / "frame.json"
+    failed = d / "georef" / "frame.partial.json"
+    if failed.is_file() and not frame.is_file():
+        f = json.loads(failed.read_text())
+        lines.append(f"  georef: FAILED ({f['checks']['outlier_share']:.0%} of positions outliers, GPS residual RMSE "
+                     f"{f['rmse_gps_m']['horizontal']:.1f} m); the model is kept in {d / 'georef' / 'partial'}")
     if frame.is_file():
         f = json.loads(frame.read_text())
         g = f["rmse_gps_m"]
@@ -65,7 +87,24 @@ def summarize(scene_dir: str | Path) -> str:
         for pid, p in (r.get("partitions") or {}).items():
             lines.append(f"    {pid}: {p['num_gaussians']} Gaussians, train PSNR {p['train_psnr']:.2f} dB, "
                          f"{p['iterations_per_second']:.1f} it/s on {p['device']}, {p['seconds']:.0f} s")
+    lines.extend(warning_lines(d))
     return "\n".join(lines)
+
+
+def warning_lines(scene_dir: Path) -> list[str]:
+    """One line per stage whose log holds warnings: how many, the first, and where the rest are.
+
+    Logs live in <workdir>/logs/<rule>/<scene>[_<part>].log beside <workdir>/results/<scene>/.
+    """
+    logs = scene_dir.parent.parent / "logs"
+    out = []
+    for log in sorted(logs.glob(f"*/{scene_dir.name}.log")) + sorted(logs.glob(f"*/{scene_dir.name}_*.log")):
+        warnings = [line.split(" WARNING ", 1)[1].strip() for line in log.read_text(errors="replace").splitlines()
+                    if " WARNING " in line]
+        if warnings:
+            first = warnings[0] if len(warnings[0]) <= 160 else warnings[0][:157] + "..."
+            out.append(f"  warnings [{log.parent.name}]: {len(warnings)}, e.g. {first} (see {log})")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
