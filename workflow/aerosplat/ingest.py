@@ -49,6 +49,9 @@ from aerosplat.fileio import atomic_path
 from aerosplat.odm_formats import GeoTxt, parse_crs_header, parse_gcp_list, parse_geo_txt
 
 LOG = logging.getLogger(__name__)
+# exifread warns about what a file lacks ("PNG file does not have exif data"); ingest reports what
+# matters (no position, no focal length) itself, so its chatter stays out of the console.
+logging.getLogger("exifread").setLevel(logging.ERROR)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 """File name endings accepted as photos (compared case-insensitively)."""
