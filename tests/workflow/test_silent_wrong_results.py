@@ -93,3 +93,37 @@ def test_duplicate_photos_are_skipped_listed_and_summarised(sample_georef, tmp_p
     assert "ingest: 30 photos used, 3 skipped (3 duplicate: IMG_0003_copy.jpg, IMG_0010_export.png, " \
            "IMG_0025_export.png; see" in summary
     assert "warnings [ingest]: 3, e.g." in summary
+
+
+def test_an_upside_down_or_tilted_fit_is_refused(sample_georef):
+    """The checks on the sample's own model: its fit passes; the same fit turned upside down (the
+    cameras below their ground, looking up) or tipped over by 40 degrees does not."""
+    import numpy as np
+    import pycolmap
+    from scipy.spatial.transform import Rotation
+
+    from aerosplat.georef import GeorefOptions, geometry_checks
+    from aerosplat.ingest import read_exif_csv
+    from aerosplat.simfit import Similarity
+
+    res = sample_georef / "results/sample"
+    rec = pycolmap.Reconstruction(str(res / "sfm/sparse"))
+    metas = {m.name: m for m in read_exif_csv(res / "ingest/exif.csv")}
+    sim = Similarity.from_dict(json.loads((res / "georef/frame.json").read_text())["sfm_to_local"])
+    opts = GeorefOptions()
+    figures, problems = geometry_checks(rec, sim, metas, 30, [], opts)
+    assert problems == [] and figures["attitude_error_deg_median"] < 2 and figures["model_agl_m"] > 50
+    flipped = Similarity(sim.scale, np.diag([1.0, -1.0, -1.0]) @ sim.R, sim.t)
+    figures, problems = geometry_checks(rec, flipped, metas, 30, [], opts)
+    assert figures["model_agl_m"] < 0 and any("below it" in p for p in problems), problems
+    assert any("not upright" in p for p in problems), problems
+    tipped = Similarity(sim.scale, Rotation.from_euler("x", 40, degrees=True).as_matrix() @ sim.R, sim.t)
+    _, problems = geometry_checks(rec, tipped, metas, 30, [], opts)
+    assert any("cameras look" in p and "gimbal pitch" in p for p in problems), problems
+    # Without gimbal angles, the ground plane tells.
+    figures, problems = geometry_checks(rec, sim, {}, 30, [], opts)
+    assert problems == [] and figures["ground_tilt_deg"] < 10, figures
+    _, problems = geometry_checks(rec, tipped, {}, 30, [], opts)
+    assert any("its ground leans" in p for p in problems), problems
+    _, problems = geometry_checks(rec, sim, metas, 30, [f"IMG_{i:04d}.jpg" for i in range(1, 8)], opts)
+    assert any("7 of 30 positions (23%)" in p for p in problems), problems

@@ -218,7 +218,10 @@ def ground_tilt_deg(rec: pycolmap.Reconstruction, sim: Similarity) -> float | No
     if len(pts) < 10:
         return None
     pts = sim.apply(pts)
-    _, _, vt = np.linalg.svd(pts - np.median(pts, axis=0), full_matrices=False)
+    # A few points triangulated near the horizon (kilometres off) would decide the plane alone.
+    lo, hi = np.percentile(pts, [5, 95], axis=0)
+    pts = pts[np.all((pts >= lo) & (pts <= hi), axis=1)]
+    _, _, vt = np.linalg.svd(pts - pts.mean(axis=0), full_matrices=False)
     return float(np.degrees(np.arccos(min(1.0, abs(vt[2, 2])))))
 
 
