@@ -1,5 +1,5 @@
 """A survey drone's own metadata gets the heights right: the sample flown by a DJI-style RTK drone
-(config/scenes/sample_survey.yaml: 32 nadir photos at 45 m, factory calibration with a small lens
+(config/scenes/sample_survey.yaml: 24 nadir photos at 45 m, factory calibration with a small lens
 distortion in XMP, RTK-fixed positions, a 35 mm tag 8 % short, no GCPs), and the same photos with
 their calibration tags stripped, where the heights rest on the 35 mm tag and the run says so."""
 
@@ -50,13 +50,13 @@ def test_factory_calibration_and_rtk_give_centimetres_from_the_photos_alone(surv
     truth = _json(survey / "synthetic/truth/cameras.json")
     with open(survey / "ingest/exif.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == len(truth["images"]) == 32
+    assert len(rows) == len(truth["images"]) == 24
     # The unit's DewarpData outranks the 35 mm tag, which is 8 % short.
     assert {r["focal_px_source"] for r in rows} == {"dewarp_data"} and {r["rtk_flag"] for r in rows} == {"50"}
     assert {float(r["focal_35mm"]) for r in rows} == {23.0} and float(rows[0]["calib_fx"]) == truth["fx"]
 
     sfm = _json(survey / "sfm/report.json")
-    assert sfm["registered"] == 32 and sfm["nadir_only"] is True and sfm["refine_focal"] is False
+    assert sfm["registered"] == 24 and sfm["nadir_only"] is True and sfm["refine_focal"] is False
     (cam,) = sfm["cameras"].values()
     assert cam["model"] == "OPENCV"
     assert abs(cam["params"][0] / truth["fx"] - 1) <= 0.005, cam["params"]  # focal within 0.5 %
@@ -94,7 +94,7 @@ def test_without_the_calibration_tags_the_height_check_speaks_up(survey, tmp_pat
                          f"scenes_dir={scenes}", "scenes=[stripped]")
     res = tmp_path / "results/stripped"
     sfm = _json(res / "sfm/report.json")
-    assert sfm["focal_sources"] == {"35mm_equivalent": 32} and sfm["refine_focal"] is False
+    assert sfm["focal_sources"] == {"35mm_equivalent": 24} and sfm["refine_focal"] is False
     frame = _json(res / "georef/frame.json")
     hp = frame["height_prior"]
     warning = hp["warning"]
