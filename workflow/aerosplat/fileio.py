@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,15 @@ def remove_stale_partials(final: str | Path) -> list[Path]:
         log.info("removing %s, left by an interrupted run", path)
         shutil.rmtree(path, ignore_errors=True)
     return stale
+
+
+def remove_paths(paths: Iterable[str | Path]) -> None:
+    """Delete files, links and folders that exist among `paths` (outputs that must not look current)."""
+    for path in map(Path, paths):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 def write_json(path: str | Path, data: Any) -> None:

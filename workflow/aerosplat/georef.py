@@ -37,7 +37,7 @@ from pyproj import CRS
 
 from . import crs as crsmod
 from .errors import InputError, StageFailure
-from .fileio import atomic_path, read_json, write_json
+from .fileio import atomic_path, read_json, remove_paths, write_json
 from .ingest import DEFAULT_GPS_SIGMA_H_M, DEFAULT_GPS_SIGMA_V_M, RTK_FLAGS, ImageMeta, read_exif_csv
 from .odm_formats import parse_crs_header, parse_gcp_list
 from .sfm import HEURISTIC_FOCAL_SOURCES, is_nadir_only
@@ -544,11 +544,7 @@ def run(sfm_sparse: str | Path, exif_csv: str | Path, out_sparse: str | Path, ou
             f"vertical. Likely causes: the SfM model is two weakly connected pieces (see the sfm log's "
             f"weak-connection warning), wrong positions, or a wrong focal prior.{hint} The model and the figures "
             f"are kept for inspection in {partial} and {Path(out_frame).with_suffix('.partial.json')}.")
-    for stale in (Path(out_sparse).parent / "partial", Path(out_frame).with_suffix(".partial.json")):
-        if stale.is_dir():
-            shutil.rmtree(stale)
-        elif stale.exists():
-            stale.unlink()
+    remove_paths([Path(out_sparse).parent / "partial", Path(out_frame).with_suffix(".partial.json")])
 
     with atomic_path(out_sparse) as tmp:
         tmp.mkdir()

@@ -28,7 +28,6 @@ import dataclasses
 import hashlib
 import logging
 import math
-import shutil
 import types
 import typing
 from collections import Counter
@@ -45,7 +44,7 @@ from aerosplat import calibration
 from aerosplat.calibration import Calibration
 from aerosplat.crs import WGS84_3D, to_crs
 from aerosplat.errors import InputError
-from aerosplat.fileio import atomic_path
+from aerosplat.fileio import atomic_path, remove_paths
 from aerosplat.odm_formats import GeoTxt, parse_crs_header, parse_gcp_list, parse_geo_txt
 
 LOG = logging.getLogger(__name__)
@@ -97,6 +96,8 @@ _DJI_XMP_TAGS = ("RelativeAltitude", "AbsoluteAltitude", "GimbalPitchDegree", "G
                  "RtkStdHgt")
 # Kept as text: parsed, and judged with a warning when malformed, by aerosplat.calibration.
 _DJI_XMP_TEXT_TAGS = ("DewarpData", "CalibratedFocalLength", "CalibratedOpticalCenterX", "CalibratedOpticalCenterY")
+DUPLICATE_REASON = "duplicate of"
+"""How a duplicate's reason starts in skipped.csv (the rest names the photo it repeats)."""
 RTK_FLAGS = {50: "fixed", 34: "float", 16: "single"}
 """DJI XMP RtkFlag values (the receiver's solution type)."""
 RTK_MIN_SIGMA_M = 0.005
@@ -213,6 +214,14 @@ class ImageMeta:
         return Calibration(self.width, self.height, self.calib_fx, self.calib_fy, self.calib_cx, self.calib_cy,
                            self.calib_k1, self.calib_k2, self.calib_p1, self.calib_p2, self.calib_k3,
                            source=self.calib_source, date=self.calib_date)
+
+    def set_calibration(self, cal: Calibration) -> None:
+        """Record `cal` (at this image's ingested size) as the intrinsics, its focal as the focal prior."""
+        self.calib_source, self.calib_date = cal.source, cal.date
+        self.calib_fx, self.calib_fy, self.calib_cx, self.calib_cy = cal.fx, cal.fy, cal.cx, cal.cy
+        self.calib_k1, self.calib_k2, self.calib_p1, self.calib_p2, self.calib_k3 = \
+            cal.k1, cal.k2, cal.p1, cal.p2, cal.k3
+        self.focal_px, self.focal_px_source = cal.fx, cal.source
 
 
 EXIF_CSV_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ImageMeta))
@@ -399,6 +408,21 @@ def _altitude_below_sea_level(ref: Any) -> bool:
         return False
 
 
+def exif_gps_fix(tags: dict[str, Any], name: str) -> tuple[float, float] | None:
+    """(lat, lon) of the EXIF GPS tags, or None when absent, out of range (warned) or 0, 0 (no fix)."""
+    lat = gps_degrees(_tag(tags, "GPS GPSLatitude"), _tag_text(tags, "GPS GPSLatitudeRef"))
+    lon = gps_degrees(_tag(tags, "GPS GPSLongitude"), _tag_text(tags, "GPS GPSLongitudeRef"))
+    if lat is None or lon is None:
+        return None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        LOG.warning("%s: EXIF GPS (%s, %s) is out of range; ignoring it", name, lat, lon)
+        return None
+    if lat == 0 and lon == 0:
+        LOG.debug("%s: EXIF GPS is 0, 0 (no fix); ignoring it", name)
+        return None
+    return lat, lon
+
+
 def _build_meta(name: str, orig_size: tuple[int, int], size: tuple[int, int],
                 tags: dict[str, Any], xmp: dict[str, float | str],
                 calibration_override: Calibration | None = None) -> ImageMeta:
@@ -430,26 +454,15 @@ def _build_meta(name: str, orig_size: tuple[int, int], size: tuple[int, int],
     exif_focal = meta.focal_px * orig_w / meta.width if meta.focal_px else None
     cal = calibration.choose(name, xmp, orig_size, size, calibration_override, exif_focal, log=LOG)
     if cal is not None:
-        meta.calib_source, meta.calib_date = cal.source, cal.date
-        meta.calib_fx, meta.calib_fy, meta.calib_cx, meta.calib_cy = cal.fx, cal.fy, cal.cx, cal.cy
-        meta.calib_k1, meta.calib_k2, meta.calib_p1, meta.calib_p2, meta.calib_k3 = \
-            cal.k1, cal.k2, cal.p1, cal.p2, cal.k3
-        meta.focal_px, meta.focal_px_source = cal.fx, cal.source
+        meta.set_calibration(cal)
     rtk = xmp.get("RtkFlag")
     meta.rtk_flag = int(rtk) if isinstance(rtk, float) else None
     meta.rtk_std_lon, meta.rtk_std_lat, meta.rtk_std_hgt = (
         v if isinstance(v, float) and v >= 0 else None
         for v in (xmp.get("RtkStdLon"), xmp.get("RtkStdLat"), xmp.get("RtkStdHgt")))
 
-    lat = gps_degrees(_tag(tags, "GPS GPSLatitude"), _tag_text(tags, "GPS GPSLatitudeRef"))
-    lon = gps_degrees(_tag(tags, "GPS GPSLongitude"), _tag_text(tags, "GPS GPSLongitudeRef"))
-    if lat is not None and lon is not None:
-        if not (-90 <= lat <= 90 and -180 <= lon <= 180):
-            LOG.warning("%s: EXIF GPS (%s, %s) is out of range; ignoring it", name, lat, lon)
-        elif lat == 0 and lon == 0:
-            LOG.debug("%s: EXIF GPS is 0, 0 (no fix); ignoring it", name)
-        else:
-            meta.lat, meta.lon, meta.position_source = lat, lon, "exif"
+    if (fix := exif_gps_fix(tags, name)) is not None:
+        meta.lat, meta.lon, meta.position_source = *fix, "exif"
     alt = _tag_number(tags, "GPS GPSAltitude")
     if alt is not None:
         if _altitude_below_sea_level(_tag(tags, "GPS GPSAltitudeRef")):
@@ -559,10 +572,11 @@ def _ingest_image(src: str | Path, dst: str | Path, max_image_size: int | None,
         orig = im.size
         size = scaled_size(*orig, max_image_size)
         xmp = read_dji_xmp(im, str(src))
-        fingerprint = Fingerprint(hashlib.sha256(src.read_bytes()).hexdigest(),
+        data = src.read_bytes()
+        fingerprint = Fingerprint(hashlib.sha256(data).hexdigest(),
                                   hashlib.sha256(f"{im.mode} {im.size}".encode() + im.tobytes()).hexdigest())
         if size == orig:
-            shutil.copyfile(src, dst)
+            dst.write_bytes(data)  # read once: hashed and copied
         else:
             try:
                 _save_downscaled(im, fmt, size, dst)
@@ -579,7 +593,7 @@ def duplicate_of(name: str, fingerprint: Fingerprint, seen: dict[str, str]) -> s
     """
     for key, how in ((fingerprint.file_sha256, "the same file"), (fingerprint.pixels_sha256, "the same pixels")):
         if key in seen:
-            return f"duplicate of {seen[key]} ({how})"
+            return f"{DUPLICATE_REASON} {seen[key]} ({how})"
     seen[fingerprint.file_sha256] = seen[fingerprint.pixels_sha256] = name
     return None
 
@@ -592,12 +606,9 @@ def quick_positions(images_dir: str | Path, geo_txt: str | Path | None = None,
     step = max(1, len(photos) // limit)
     lats, lons = [], []
     for path in photos[::step][:limit]:
-        tags = read_exif_tags(path)
-        lat = gps_degrees(_tag(tags, "GPS GPSLatitude"), _tag_text(tags, "GPS GPSLatitudeRef"))
-        lon = gps_degrees(_tag(tags, "GPS GPSLongitude"), _tag_text(tags, "GPS GPSLongitudeRef"))
-        if lat is not None and lon is not None and (lat, lon) != (0, 0):
-            lats.append(lat)
-            lons.append(lon)
+        if (fix := exif_gps_fix(read_exif_tags(path), path.name)) is not None:
+            lats.append(fix[0])
+            lons.append(fix[1])
     if geo_txt is not None:
         geo = parse_geo_txt(geo_txt)
         pts = to_crs([[e.x, e.y, e.z or 0.0] for e in geo.entries[:limit]], parse_crs_header(geo.crs_text), WGS84_3D)
@@ -747,14 +758,6 @@ def _apply_geo_txt(metas: list[ImageMeta], geo: GeoTxt, images_dir: Path,
     log.info("geo.txt: positions for %d of %d images (CRS %s)", matched, len(metas), geo.crs_text)
 
 
-def _remove_outputs(paths: Iterable[Path]) -> None:
-    for path in paths:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-
-
 def run(images_dir: str | Path, out_images_dir: str | Path, out_exif_csv: str | Path, *,
         max_image_size: int | None = None, geo_txt: str | Path | None = None,
         gcp_list: str | Path | None = None, out_skipped_csv: str | Path, min_images: int = 3,
@@ -778,7 +781,7 @@ def run(images_dir: str | Path, out_images_dir: str | Path, out_exif_csv: str | 
                     min_images=min_images, calibration_config=calibration_config, threads=threads, log=log)
     except BaseException:
         # A failed run must not leave outputs (even from an earlier run) that look current.
-        _remove_outputs(outputs)
+        remove_paths(outputs)
         raise
 
 
@@ -859,7 +862,7 @@ def _run(images_dir: Path, out_images_dir: Path, out_exif_csv: Path, out_skipped
 
         skipped_note = ""
         if skipped:
-            dup = sum(reason.startswith("duplicate of") for _, reason in skipped)
+            dup = sum(reason.startswith(DUPLICATE_REASON) for _, reason in skipped)
             kind = "unreadable" if not dup else "duplicate" if dup == len(skipped) else "unreadable or duplicate"
             skipped_note = (f"; {len(skipped)} {kind} file(s) skipped: "
                             + ", ".join(n for n, _ in skipped[:5])

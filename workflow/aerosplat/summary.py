@@ -8,6 +8,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from .ingest import DUPLICATE_REASON
+
 
 def summarize(scene_dir: str | Path) -> str:
     d = Path(scene_dir)
@@ -16,9 +18,9 @@ def summarize(scene_dir: str | Path) -> str:
     if skipped.is_file():
         with open(skipped, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
-        used = max(0, sum(1 for _ in open(d / "ingest" / "exif.csv", encoding="utf-8")) - 1) \
-            if (d / "ingest" / "exif.csv").is_file() else 0
-        kinds = Counter("duplicate" if r["reason"].startswith("duplicate of") else "unreadable" for r in rows)
+        table = d / "ingest" / "exif.csv"
+        used = max(0, len(table.read_text(encoding="utf-8").splitlines()) - 1) if table.is_file() else 0
+        kinds = Counter("duplicate" if r["reason"].startswith(DUPLICATE_REASON) else "unreadable" for r in rows)
         lines.append(f"  ingest: {used} photos used, {len(rows)} skipped"
                      + (f" ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}: {', '.join(r['name'] for r in rows[:5])}"
                         f"{', ...' if len(rows) > 5 else ''}; see {skipped})" if rows else ""))
