@@ -7,8 +7,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 STAMP := $(VENV)/.installed
-# Debian packages for system libraries the wheels do not bundle (none yet beyond venv support).
-APT_PACKAGES :=
+# Debian packages for what the wheels do not bundle: libusb for open3d (meshes); GDAL's tools,
+# QGIS's Python bindings and Chromium, the real clients the products and the report are opened in.
+APT_PACKAGES := libusb-1.0-0 gdal-bin python3-qgis qgis-providers chromium
 
 .PHONY: install demo test test-fast lint clean-results
 
@@ -20,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	if [ -n "$$missing" ]; then \
 	  echo "apt-get install:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "aerosplat needs Python >= 3.11 (snakemake 9)"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

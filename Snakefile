@@ -18,6 +18,7 @@ include: "rules/georef.smk"
 include: "rules/partition.smk"
 include: "rules/train.smk"
 include: "rules/merge.smk"
+include: "rules/products.smk"
 
 
 # Light jobs run on the submit host under a cluster executor (seconds each, no GPU, no queueing).

@@ -10,6 +10,7 @@ from aerosplat.config import load_scene
 from aerosplat.crs import check_area_of_use, parse_delivery_crs
 from aerosplat.ingest import quick_positions
 from aerosplat.errors import InputError
+from aerosplat.layout import CELL_FILES, cell_outputs, product_outputs
 
 BASE = Path(workflow.basedir)
 SCHEMA = BASE / "config" / "schema.yaml"
@@ -156,7 +157,21 @@ def get_final_outputs(wildcards):
             f"results/{scene}/sfm/report.json",
             f"results/{scene}/georef/frame.json",
             f"results/{scene}/merged/metrics.json",
+            f"results/{scene}/products/metrics.json",
         ]
         targets += [f"results/{scene}/partitions/{pid}/{name}"
                     for pid in partition_ids(scene) for name in ("splats.ply", "metrics.json")]
     return targets
+
+
+def get_mosaic_inputs(wildcards):
+    scene = wildcards.scene
+    inputs = {
+        "manifest": f"results/{scene}/partitions/manifest.json",
+        "cells": [f"results/{scene}/products/{pid}/{CELL_FILES['report']}" for pid in partition_ids(scene)],
+        "tiles": [p for pid in partition_ids(scene)
+                  for p in cell_outputs(f"results/{scene}/products/{pid}").values()],
+    }
+    if SCENES[scene]["truth"]:
+        inputs["truth"] = SCENES[scene]["truth"]
+    return inputs

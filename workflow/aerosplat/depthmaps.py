@@ -30,11 +30,12 @@ DEPTH_BINS = 48
 
 
 def render_depths(splats: dict, K, w2c, width: int, height: int, rasterizer=None,
-                  bins: int = DEPTH_BINS) -> dict[str, np.ndarray]:
-    """Expected and median z-depth [H, W] (NaN where the model is transparent) and alpha [H, W]."""
+                  bins: int = DEPTH_BINS, camera_model: str = "pinhole") -> dict[str, np.ndarray]:
+    """Expected and median z-depth [H, W] (NaN where the model is transparent) and alpha [H, W].
+    `camera_model="ortho"` renders along parallel rays (the orthophoto's and the DSM's camera)."""
     with torch.no_grad():
         out, alpha, meta = render_view(splats, K, w2c, width, height, render_mode="ED", sh_degree=0,
-                                       rasterizer=rasterizer)
+                                       rasterizer=rasterizer, camera_model=camera_model)
         expected = out[..., 0]
         alpha = alpha[..., 0]
         device = splats["means"].device
@@ -53,7 +54,8 @@ def render_depths(splats: dict, K, w2c, width: int, height: int, rasterizer=None
         onehot = torch.zeros((z.shape[0], bins + 2), device=device)
         onehot[torch.arange(z.shape[0], device=device), idx] = 1.0
         colors = torch.cat([onehot, onehot * z[:, None]], 1)
-        weights = render_view(splats, K, w2c, width, height, rasterizer=rasterizer, colors=colors)[0]
+        weights = render_view(splats, K, w2c, width, height, rasterizer=rasterizer, colors=colors,
+                              camera_model=camera_model)[0]
         w_bin, wz_bin = weights[..., :bins + 2], weights[..., bins + 2:]
         cum = w_bin.cumsum(-1)
         crossing = (cum >= 0.5).float().argmax(-1)

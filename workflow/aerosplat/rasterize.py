@@ -79,11 +79,30 @@ def fill_gaps(values: np.ndarray, max_radius_cells: float) -> np.ndarray:
     return out.astype(values.dtype)
 
 
+def median_per_cell(grid: Grid, xyz: np.ndarray) -> np.ndarray:
+    """float32 [H, W]: the median z of the points in each cell, NaN where none fell."""
+    xyz = np.asarray(xyz, np.float64).reshape(-1, 3)
+    row, col, inside = grid.cells_of(xyz[:, :2])
+    out = np.full(grid.height * grid.width, np.nan)
+    if inside.any():
+        key = row[inside] * grid.width + col[inside]
+        z = xyz[inside, 2]
+        order = np.lexsort((z, key))
+        key, z = key[order], z[order]
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        counts = np.diff(np.r_[starts, len(key)])
+        lo = z[starts + (counts - 1) // 2]
+        hi = z[starts + counts // 2]
+        out[key[starts]] = 0.5 * (lo + hi)
+    return out.reshape(grid.height, grid.width).astype(np.float32)
+
+
 def interpolate_ground(grid: Grid, ground_xyz: np.ndarray, max_radius_cells: float) -> np.ndarray:
-    """float32 [H, W] DTM: ground points interpolated linearly (Delaunay) at the cell centres,
-    within `max_radius_cells` of a cell holding a ground point; NaN beyond (no ground seen)."""
-    ground_xyz = np.asarray(ground_xyz, np.float64).reshape(-1, 3)
-    seen = ~np.isnan(highest_per_cell(grid, ground_xyz))
+    """float32 [H, W] DTM: the median ground height of each cell holding ground points, and linear
+    (Delaunay) interpolation between those cells within `max_radius_cells` of one; NaN beyond (no
+    ground seen). The per-cell median keeps the ground filter's noise out of the terrain."""
+    cells = median_per_cell(grid, ground_xyz)
+    seen = ~np.isnan(cells)
     if not seen.any():
         return np.full((grid.height, grid.width), np.nan, np.float32)
     near = ndimage.distance_transform_edt(~seen) <= max_radius_cells
@@ -91,10 +110,12 @@ def interpolate_ground(grid: Grid, ground_xyz: np.ndarray, max_radius_cells: flo
     X, Y = np.meshgrid(xs, ys)
     out = np.full(X.shape, np.nan)
     try:
-        out[near] = LinearNDInterpolator(ground_xyz[:, :2], ground_xyz[:, 2])(X[near], Y[near])
-    except QhullError:  # collinear or too few ground points: no surface to interpolate
+        interp = LinearNDInterpolator(np.stack([X[seen], Y[seen]], 1), cells[seen].astype(np.float64))
+        out[near] = interp(X[near], Y[near])
+    except QhullError:  # collinear or too few ground cells: no surface to interpolate
         pass
-    # Cells near ground but outside the points' hull take the nearest interpolated value; no cell
+    out[seen] = cells[seen]
+    # Cells near ground but outside the cells' hull take the nearest interpolated value; no cell
     # beyond the radius gets one.
     filled = fill_gaps(out.astype(np.float32), max(grid.width, grid.height))
     return np.where(near, filled, np.nan).astype(np.float32)

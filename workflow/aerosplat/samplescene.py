@@ -24,6 +24,9 @@ Outputs under OUT_DIR::
                               with distortion "model" OPENCV/FULL_OPENCV and COLMAP "params";
                               with ``survey:`` the true and written 35 mm focal and the survey block
     truth/dsm.tif, dtm.tif    float32 GeoTIFFs, EPSG:32632, 0.25 m, north-up, nodata -9999
+    truth/ortho.tif           true orthophoto on the DSM's grid: uint8 RGB + alpha (255 = scene);
+                              vertical rays (no building lean, no facades), the photos' shading,
+                              ``truth.ortho_supersample`` squared rays per cell
     truth/origin.json         the scene centre (local-frame origin)
 
 Scene model
@@ -59,10 +62,11 @@ planes). Walls get their own facade texture (plaster noise, framed windows) in
 wall coordinates, so oblique views see facades, not stretched roof texture.
 Shading is Lambertian with a fixed sun plus ambient light, and soft ambient
 darkening of the ground near walls; nothing depends on the viewpoint, so all
-photos agree on appearance. Anti-aliasing: ``render.supersample`` squared rays
-per pixel, mip-mapped ground/leaf/noise textures and analytically filtered
-patterns (window edges, tiles, GCP checkers) whose edge width follows the
-footprint of a ray sample.
+photos and the true orthophoto (the same code with one vertical ray per sample,
+started above the highest surface) agree on appearance. Anti-aliasing:
+``render.supersample`` squared rays per pixel, mip-mapped ground/leaf/noise
+textures and analytically filtered patterns (window edges, tiles, GCP checkers)
+whose edge width follows the footprint of a ray sample.
 
 Conventions
 -----------
@@ -160,7 +164,7 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "noise.gps_horizontal_sigma_m", "noise.gps_vertical_sigma_m", "noise.gcp_pixel_sigma_px",
     "gcps.count", "gcps.size_m", "gcps.margin_px",
     "sun.azimuth_deg", "sun.elevation_deg", "sun.ambient",
-    "truth.dsm_cell_m",
+    "truth.dsm_cell_m", "truth.ortho_supersample",
 )
 # Keys of the optional sections, required once the section is present (no silent defaults
 # for calibration values; a typo must not fall back to zero).
@@ -255,8 +259,9 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> di
         if not isinstance(std, (list, tuple)) or len(std) != 3:
             raise InputError("survey.rtk_std_m must be [lon, lat, height] in metres", path=path)
         data["survey"]["dewarp_date"] = str(data["survey"]["dewarp_date"])   # YAML reads 2024-05-20 as a date
-    if int(data["render"]["supersample"]) < 1:
-        raise InputError("render.supersample must be >= 1", path=path)
+    for key in ("render.supersample", "truth.ortho_supersample"):
+        if int(_get(data, key)) < 1:
+            raise InputError(f"{key} must be >= 1", path=path)
     return data
 
 
@@ -1161,21 +1166,40 @@ def surface_height(sc: Scene, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 # Ray casting
 
 
+def _origin_rows(o: np.ndarray, sel: np.ndarray) -> np.ndarray:
+    """Origins of the selected rays: a shared one [3] (a photo's centre) as is, per-ray ones [N, 3] indexed."""
+    return o if o.ndim == 1 else o[sel]
+
+
+def _origin_xyz(o: np.ndarray) -> tuple[Any, Any, Any]:
+    """(ox, oy, oz) in float32: scalars for a shared origin [3], columns [N] for per-ray origins [N, 3].
+
+    A shared origin keeps the scalar arithmetic of the photos, so their pixels do not change.
+    """
+    if o.ndim == 1:
+        return F32(o[0]), F32(o[1]), F32(o[2])
+    o = o.astype(F32, copy=False)
+    return o[:, 0], o[:, 1], o[:, 2]
+
+
 def _trace(sc: Scene, origin: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """First crossing of each ray with the heightfield, bracketed: (t_lo free, t_hi solid, hit).
 
-    Empty space is skipped using the max-height grids (a ray above a grid cell's
-    bound can advance until it leaves the cell's radius or reaches the bound);
-    otherwise the ray takes a fine step of <= fine_step horizontally and tests the
-    exact height. Heightfields are solid below, so vertical step size is free.
+    `origin` is one point [3] for all rays or one per ray [N, 3]. Empty space is
+    skipped using the max-height grids (a ray above a grid cell's bound can advance
+    until it leaves the cell's radius or reaches the bound); otherwise the ray takes
+    a fine step of <= fine_step horizontally and tests the exact height.
+    Heightfields are solid below, so vertical step size is free (a vertical ray
+    takes one step to the bottom of the scene).
     """
     n = d.shape[0]
-    ox, oy, oz = (F32(v) for v in origin)
     t_lo = np.zeros(n, F32)
     t_hi = np.zeros(n, F32)
     hit = np.zeros(n, bool)
     dz_all = d[:, 2]
     idx = np.nonzero(dz_all < -1e-4)[0]
+    o = _origin_rows(origin, idx)                 # origins of the rays still marching
+    ox, oy, oz = _origin_xyz(o)
     dx, dy, dz = d[idx, 0].copy(), d[idx, 1].copy(), dz_all[idx].copy()
     inv_nz = F32(1.0) / -dz
     inv_dxy = F32(1.0) / np.maximum(np.hypot(dx, dy), F32(1e-6))
@@ -1207,7 +1231,8 @@ def _trace(sc: Scene, origin: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np
         done = np.zeros(idx.size, bool)
         if fi.size:
             tn = t[fi] + step[fi]
-            px, py, pz = ox + tn * dx[fi], oy + tn * dy[fi], oz + tn * dz[fi]
+            qx, qy, qz = _origin_xyz(_origin_rows(o, fi))
+            px, py, pz = qx + tn * dx[fi], qy + tn * dy[fi], qz + tn * dz[fi]
             solid = pz < surface_height(sc, px, py)
             h = fi[solid]
             gi = idx[h]
@@ -1220,13 +1245,15 @@ def _trace(sc: Scene, origin: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np
             keep = ~done
             idx, t, dx, dy, dz = idx[keep], t[keep], dx[keep], dy[keep], dz[keep]
             inv_nz, inv_dxy, t_end, tf = inv_nz[keep], inv_dxy[keep], t_end[keep], tf[keep]
+            o = _origin_rows(o, keep)
+            ox, oy, oz = _origin_xyz(o)
     return t_lo, t_hi, hit
 
 
 def _refine_soft(sc: Scene, o: np.ndarray, d: np.ndarray, t_lo: np.ndarray, t_hi: np.ndarray,
                  iters: int = 6) -> np.ndarray:
     """Crossing with the (continuous) soft surface inside [t_lo, t_hi]: bisection + secant."""
-    ox, oy, oz = (F32(v) for v in o)
+    ox, oy, oz = _origin_xyz(o)
     dx, dy, dz = d[:, 0], d[:, 1], d[:, 2]
 
     def f(t: np.ndarray) -> np.ndarray:
@@ -1255,11 +1282,20 @@ def _refine_soft(sc: Scene, o: np.ndarray, d: np.ndarray, t_lo: np.ndarray, t_hi
 # Materials
 
 
+def _footprint(t: np.ndarray, px_angle: float, fp0: float) -> np.ndarray:
+    """Width (m) of a ray sample at distance t, for texture filtering: fp0 + t * px_angle.
+
+    A pinhole camera's samples spread with distance (fp0 = 0); the orthophoto's parallel
+    rays keep their spacing (px_angle = 0).
+    """
+    return F32(fp0) + t * F32(px_angle)
+
+
 def _shade_building(sc: Scene, o: np.ndarray, d: np.ndarray, bid: np.ndarray, t_hi: np.ndarray,
-                    px_angle: float) -> np.ndarray:
+                    px_angle: float, fp0: float = 0.0) -> np.ndarray:
     """Exact wall/roof intersection of each ray with its building, then facade or roof colour. [N, 3]"""
     b = sc.b
-    ox, oy, oz = (F32(v) for v in o)
+    ox, oy, oz = (np.broadcast_to(v, bid.shape) for v in _origin_xyz(o))
     dx, dy, dz = d[:, 0], d[:, 1], d[:, 2]
     c, s = b["c"][bid], b["s"][bid]
     hu, hv = b["hu"][bid], b["hv"][bid]
@@ -1274,8 +1310,9 @@ def _shade_building(sc: Scene, o: np.ndarray, d: np.ndarray, bid: np.ndarray, t_
         tv = np.where(np.abs(dv) > 1e-7, (-np.sign(dv) * hv - ov) / dv, -np.inf)
     t_in = np.maximum(tu, tv)
     u_face = tu >= tv                                # entering through a +-u (gable end) face
-    u_in, v_in, z_in = ou + t_in * du, ov + t_in * dv, oz + t_in * dz
-    roof_in = eave + rise * (1 - np.clip(np.abs(v_in), 0, hv) / hv)
+    with np.errstate(invalid="ignore"):           # -inf * 0: no entry face (a vertical ray), NaN tests False
+        u_in, v_in, z_in = ou + t_in * du, ov + t_in * dv, oz + t_in * dz
+        roof_in = eave + rise * (1 - np.clip(np.abs(v_in), 0, hv) / hv)
     wall = np.isfinite(t_in) & (z_in < roof_in) & (t_in <= t_hi + 0.05)
     rgb = np.empty((bid.size, 3), F32)
 
@@ -1293,7 +1330,7 @@ def _shade_building(sc: Scene, o: np.ndarray, d: np.ndarray, bid: np.ndarray, t_
         nrm = np.stack([nrm_local_u * c[w] - nrm_local_v * s[w], nrm_local_u * s[w] + nrm_local_v * c[w],
                         np.zeros_like(side)], -1)
         cos_inc = np.maximum(np.abs((nrm * d[w]).sum(1)), 0.15)
-        fp = (t_in[w] * F32(px_angle) / cos_inc).astype(F32)
+        fp = (_footprint(t_in[w], px_angle, fp0) / cos_inc).astype(F32)
         face = uf.astype(np.int32) * 2 + (side > 0)
         col = _facade(sc, i, face, along.astype(F32), zr.astype(F32), half_len,
                       (eave[w] - b["ground"][i]).astype(F32), fp)
@@ -1307,14 +1344,14 @@ def _shade_building(sc: Scene, o: np.ndarray, d: np.ndarray, bid: np.ndarray, t_
         sgn = np.where(p_hi_v >= 0, 1.0, -1.0).astype(F32)
         k = rise[r] * sgn / hv[r]
         # plane z = eave + rise - k v  (k = 0 for flat roofs)
-        tr = (eave[r] + rise[r] - k * ov[r] - oz) / (dz[r] + k * dv[r])
+        tr = (eave[r] + rise[r] - k * ov[r] - oz[r]) / (dz[r] + k * dv[r])
         u_r, v_r = ou[r] + tr * du[r], ov[r] + tr * dv[r]
         slope = rise[r] / hv[r]
         nl = np.stack([np.zeros_like(slope), sgn * slope, np.ones_like(slope)], -1)
         nl /= np.linalg.norm(nl, axis=1, keepdims=True)
         nrm = np.stack([-nl[:, 1] * s[r], nl[:, 1] * c[r], nl[:, 2]], -1)
         cos_inc = np.maximum(np.abs((nrm * d[r]).sum(1)), 0.15)
-        fp = (tr * F32(px_angle) / cos_inc).astype(F32)
+        fp = (_footprint(tr, px_angle, fp0) / cos_inc).astype(F32)
         col = _roof_colour(sc, i, u_r.astype(F32), v_r.astype(F32), fp)
         rgb[r] = col * _lambert(nrm, sc.sun, sc.ambient)[:, None]
     return rgb
@@ -1409,18 +1446,20 @@ def _roof_colour(sc: Scene, i: np.ndarray, u: np.ndarray, v: np.ndarray, fp: np.
     return rgb
 
 
-def _shade_soft(sc: Scene, o: np.ndarray, d: np.ndarray, t: np.ndarray, px_angle: float) -> np.ndarray:
+def _shade_soft(sc: Scene, o: np.ndarray, d: np.ndarray, t: np.ndarray, px_angle: float,
+                fp0: float = 0.0) -> np.ndarray:
     """Ground (pre-shaded mip texture + GCP checkers) or tree canopy (leafy noise). [N, 3]"""
-    x = F32(o[0]) + t * d[:, 0]
-    y = F32(o[1]) + t * d[:, 1]
-    z = F32(o[2]) + t * d[:, 2]
+    ox, oy, oz = _origin_xyz(o)
+    x = ox + t * d[:, 0]
+    y = oy + t * d[:, 1]
+    z = oz + t * d[:, 2]
     canopy = _soft_height(sc, x, y) - _terrain_height(sc, x, y)
     tree = canopy > 0.03
     rgb = np.empty((t.size, 3), F32)
-    fp0 = (t * F32(px_angle)).astype(F32)
+    fp_ray = _footprint(t, px_angle, fp0).astype(F32)
     g = np.nonzero(~tree)[0]
     if g.size:
-        fp = fp0[g] / np.maximum(-d[g, 2], F32(0.2))
+        fp = fp_ray[g] / np.maximum(-d[g, 2], F32(0.2))
         col = sc.ground.sample(x[g], y[g], fp)
         for gx, gy, _ in sc.gcps:
             lx, ly = x[g] - F32(gx), y[g] - F32(gy)
@@ -1438,7 +1477,7 @@ def _shade_soft(sc: Scene, o: np.ndarray, d: np.ndarray, t: np.ndarray, px_angle
         rgb[g] = col
     tr = np.nonzero(tree)[0]
     if tr.size:
-        rgb[tr] = _shade_tree(sc, x[tr], y[tr], z[tr], canopy[tr], fp0[tr])
+        rgb[tr] = _shade_tree(sc, x[tr], y[tr], z[tr], canopy[tr], fp_ray[tr])
     return rgb
 
 
@@ -1485,24 +1524,30 @@ def _terrain_shade(sc: Scene, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return _lambert(nrm, sc.sun, sc.ambient)
 
 
-def _shade_rays(sc: Scene, o: np.ndarray, d: np.ndarray, px_angle: float) -> np.ndarray:
-    """Trace and colour a batch of rays from one origin. [N, 3]"""
+def _shade_rays(sc: Scene, o: np.ndarray, d: np.ndarray, px_angle: float,
+                fp0: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Trace and colour a batch of rays: colours [N, 3] (sky where nothing is hit) and hits [N].
+
+    `o` is one origin [3] (a photo) or one per ray [N, 3] (the orthophoto); a ray sample is
+    fp0 + t * px_angle metres wide at distance t (see `_footprint`).
+    """
     t_lo, t_hi, hit = _trace(sc, o, d)
     rgb = np.empty((d.shape[0], 3), F32)
     rgb[:] = SKY_RGB
     hi = np.nonzero(hit)[0]
-    ph = o.astype(F32) + t_hi[hi, None] * d[hi]
+    ph = _origin_rows(o, hi).astype(F32) + t_hi[hi, None] * d[hi]
     roof, bid = _roof_height(sc, ph[:, 0], ph[:, 1])
     soft = _soft_height(sc, ph[:, 0], ph[:, 1])
     is_b = np.isfinite(roof) & (roof > soft)
     bh = hi[is_b]
     if bh.size:
-        rgb[bh] = _shade_building(sc, o, d[bh], bid[is_b], t_hi[bh], px_angle)
+        rgb[bh] = _shade_building(sc, _origin_rows(o, bh), d[bh], bid[is_b], t_hi[bh], px_angle, fp0)
     sh = hi[~is_b]
     if sh.size:
-        t = _refine_soft(sc, o, d[sh], t_lo[sh], t_hi[sh])
-        rgb[sh] = _shade_soft(sc, o, d[sh], t, px_angle)
-    return rgb
+        o_sh = _origin_rows(o, sh)
+        t = _refine_soft(sc, o_sh, d[sh], t_lo[sh], t_hi[sh])
+        rgb[sh] = _shade_soft(sc, o_sh, d[sh], t, px_angle, fp0)
+    return rgb, hit
 
 
 def render(sc: Scene, shot: Shot, w: int, h: int, fx: float, fy: float, cx: float, cy: float,
@@ -1514,10 +1559,39 @@ def render(sc: Scene, shot: Shot, w: int, h: int, fx: float, fy: float, cx: floa
     chunk = 1 << 17                                                # bounded temporaries: fewer page faults
     for start in range(0, d_all.shape[0], chunk):
         sl = slice(start, start + chunk)
-        rgb_all[sl] = _shade_rays(sc, shot.center, d_all[sl], px_angle)
+        rgb_all[sl] = _shade_rays(sc, shot.center, d_all[sl], px_angle)[0]
     rgb = rgb_all
     img = rgb.reshape(h, ss, w, ss, 3).mean(axis=(1, 3))
     return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def render_ortho(sc: Scene, cell: float, ss: int) -> np.ndarray:
+    """True orthophoto on the truth DSM's grid (row 0 = north): uint8 [m, m, 4], RGB + alpha.
+
+    Each of the ss x ss samples per cell is a vertical ray from above the highest surface:
+    parallel rays, so roofs sit on their footprints and no facade shows, which is what a
+    perfect orthorectification of the photos gives (their shading does not depend on the
+    view). Alpha is 255 where every sample of the cell hit the scene.
+    """
+    m = int(round(2 * sc.half / cell))
+    k = m * ss                                                     # samples per row and column
+    step = cell / ss
+    rgb_all = np.empty((k * k, 3), F32)
+    hit_all = np.empty(k * k, bool)
+    chunk = 1 << 17                                                # as in `render`
+    for start in range(0, k * k, chunk):
+        j = np.arange(start, min(start + chunk, k * k))
+        o = np.empty((j.size, 3), F32)
+        o[:, 0] = -sc.half + (j % k + 0.5) * step
+        o[:, 1] = sc.half - (j // k + 0.5) * step
+        o[:, 2] = sc.zmax + 1.0
+        d = np.zeros((j.size, 3), F32)
+        d[:, 2] = -1.0
+        sl = slice(start, start + j.size)
+        rgb_all[sl], hit_all[sl] = _shade_rays(sc, o, d, 0.0, step)
+    img = rgb_all.reshape(m, ss, m, ss, 3).mean(axis=(1, 3))
+    alpha = np.where(hit_all.reshape(m, ss, m, ss).all(axis=(1, 3)), 255, 0).astype(np.uint8)
+    return np.dstack([np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8), alpha])
 
 
 # ---------------------------------------------------------------------------
@@ -1758,14 +1832,30 @@ def strip_xmp_attributes(src: Path, dst: Path, names: Iterable[str]) -> None:
                         + data[pos + 2 + length:])
 
 
+def _truth_transform(geo: Georef, half: float, cell: float) -> Affine:
+    """North-up grid of the truth rasters over the modelled square: one definition for all of them."""
+    return Affine(cell, 0.0, geo.e0 - half, 0.0, -cell, geo.n0 + half)
+
+
 def _write_geotiff(path: Path, data: np.ndarray, geo: Georef, half: float, cell: float) -> None:
     """Single-band float32 north-up GeoTIFF covering the modelled square, written atomically."""
     profile = dict(driver="GTiff", width=data.shape[1], height=data.shape[0], count=1, dtype="float32",
-                   crs=f"EPSG:{geo.epsg}", transform=Affine(cell, 0.0, geo.e0 - half, 0.0, -cell, geo.n0 + half),
+                   crs=f"EPSG:{geo.epsg}", transform=_truth_transform(geo, half, cell),
                    nodata=NODATA, compress="deflate", tiled=True, blockxsize=256, blockysize=256)
     with atomic_path(path) as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(data.astype(np.float32), 1)
+
+
+def _write_ortho(path: Path, rgba: np.ndarray, geo: Georef, half: float, cell: float) -> None:
+    """RGBA uint8 GeoTIFF on the truth DSM's grid, bands tagged red/green/blue/alpha, written atomically."""
+    profile = dict(driver="GTiff", width=rgba.shape[1], height=rgba.shape[0], count=4, dtype="uint8",
+                   crs=f"EPSG:{geo.epsg}", transform=_truth_transform(geo, half, cell),
+                   photometric="RGB", alpha="YES",   # => colour interpretation red, green, blue, alpha
+                   compress="deflate", predictor=2, tiled=True, blockxsize=256, blockysize=256)
+    with atomic_path(path) as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(np.moveaxis(rgba, -1, 0))
 
 
 def _write_truth_rasters(sc: Scene, geo: Georef, out: Path, cell: float) -> None:
@@ -1864,7 +1954,10 @@ def generate(recipe_path: str | Path, out_dir: str | Path,
         "epsg": geo.epsg, "lat": geo.lat, "lon": geo.lon, "h": geo.h0,
         "easting": geo.e0, "northing": geo.n0,
     })
-    _write_truth_rasters(sc, geo, out, float(recipe["truth"]["dsm_cell_m"]))
+    cell = float(recipe["truth"]["dsm_cell_m"])
+    _write_truth_rasters(sc, geo, out, cell)
+    _write_ortho(out / "truth" / "ortho.tif", render_ortho(sc, cell, int(recipe["truth"]["ortho_supersample"])),
+                 geo, sc.half, cell)
 
     obs = _gcp_observations(sc, shots, recipe, rng_gcp)
     lines = [f"EPSG:{geo.epsg}"]
