@@ -19,6 +19,7 @@ include: "rules/partition.smk"
 include: "rules/train.smk"
 include: "rules/merge.smk"
 include: "rules/products.smk"
+include: "rules/report.smk"
 
 
 # Light jobs run on the submit host under a cluster executor (seconds each, no GPU, no queueing).
@@ -26,6 +27,7 @@ localrules:
     all,
     ingest,
     georef,
+    report,
 
 
 rule all:

@@ -158,6 +158,8 @@ def get_final_outputs(wildcards):
             f"results/{scene}/georef/frame.json",
             f"results/{scene}/merged/metrics.json",
             f"results/{scene}/products/metrics.json",
+            f"results/{scene}/report/{scene}.qgz",
+            f"results/{scene}/report/report.html",
         ]
         targets += [f"results/{scene}/partitions/{pid}/{name}"
                     for pid in partition_ids(scene) for name in ("splats.ply", "metrics.json")]
@@ -174,4 +176,19 @@ def get_mosaic_inputs(wildcards):
     }
     if SCENES[scene]["truth"]:
         inputs["truth"] = SCENES[scene]["truth"]
+    return inputs
+
+
+def get_qgis_inputs(wildcards):
+    scene = wildcards.scene
+    inputs = {
+        "frame": f"results/{scene}/georef/frame.json",
+        "sparse": f"results/{scene}/georef/sparse",
+        "manifest": f"results/{scene}/partitions/manifest.json",
+        "exif": f"results/{scene}/ingest/exif.csv",
+        "products": f"results/{scene}/products/metrics.json",
+        "points": f"results/{scene}/products/points.laz",
+    }
+    if SCENES[scene]["positions"]["gcp_list"]:
+        inputs["gcp_list"] = SCENES[scene]["positions"]["gcp_list"]
     return inputs

@@ -94,6 +94,7 @@ def write_scene(scenes: Path, fail_partitions: list[str], **train) -> None:
     cfg = yaml.safe_load((TEST_SCENES / "sample.yaml").read_text())
     cfg["train"].update(TRAIN, **train)
     cfg["evaluate"]["compare_monolithic"] = False
+    cfg.setdefault("products", {})["mvs_reference"] = False  # the photogrammetry-only DSM: local tests
     cfg["testing"] = {"fail_partitions": fail_partitions}
     scenes.mkdir(parents=True, exist_ok=True)
     (scenes / "sample.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -137,6 +138,8 @@ def runs(slurm, sample_georef, tmp_path_factory):
         for name in ("partitions/p00/splats.ply", "partitions/p01/splats.ply", "merged/splats.ply")}
     record["clean_metrics"] = json.loads((res / "merged/metrics.json").read_text())
 
+    # The fault and the re-run stop at the evaluation: the products re-run as in the clean run.
+    args = ("results/sample/merged/metrics.json", *args)  # targets before --config, which takes the rest
     write_scene(scenes, ["p01"])
     for pid in ("p00", "p01"):
         for name in ("splats.ply", "metrics.json"):
@@ -165,13 +168,14 @@ def test_sample_end_to_end_on_slurm_with_gpu_requests(runs, slurm):
     rules = sorted(j["rule"] for j in jobs)
     # Every cluster stage after the copied ones went through sbatch; the light ones (localrules) did
     # not, and the copied stages were taken as done.
-    assert rules == sorted(["partition", "train", "train", "merge", "evaluate"]), rules
+    assert rules == sorted(["partition", "train", "train", "merge", "evaluate", "products", "products",
+                            "mosaic", "qgis_project"]), rules
     assert not {"generate_scene", "sfm", "ingest", "georef", "all"} & set(rules)
     acct = sacct([j["jobid"] for j in jobs], slurm)
     for j in jobs:
         rec = acct[j["jobid"]]
         assert rec["state"] == "COMPLETED", (j, rec)
-        wants_gpu = j["rule"] == "train"  # the evaluation renders on the CPU
+        wants_gpu = j["rule"] in ("train", "products")  # they render on the GPU where training does
         assert ("gres/gpu=1" in rec["tres"]) == wants_gpu, (j, rec)
     assert sorted(j["wildcards"] for j in jobs if j["rule"] == "train") == ["sample_p00", "sample_p01"]
     # The products and their quality, as on a local run.
@@ -214,7 +218,7 @@ def test_a_failing_partition_is_reported_and_the_others_finish(runs, slurm):
 
 def test_rerun_submits_only_the_failed_partition_and_what_depends_on_it(runs, slurm):
     planned = job_counts(runs["rerun"]["dry"].stdout)
-    assert planned == {"train": 1, "merge": 1, "evaluate": 1, "all": 1}, planned
+    assert planned == {"train": 1, "merge": 1, "evaluate": 1}, planned
     proc = runs["rerun"]["proc"]
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pyproj import CRS
 
-from aerosplat.cloudcompare import common_area_mask, dsm_median_difference, fit_translation, precision_recall
+from aerosplat.cloudcompare import (common_area_mask, dsm_median_difference, fit_translation, precision_recall,
+                                    to_crs)
 from aerosplat.errors import InputError
 
 SPACING_M = 0.1
@@ -101,3 +103,20 @@ def test_dsm_difference_is_median_and_nmad_over_cells_valid_in_both():
     assert empty["n"] == 0 and np.isnan(empty["median"])
     with pytest.raises(InputError, match="different grids"):
         dsm_median_difference(a, b[:, :10])
+
+
+def test_a_reference_in_another_crs_is_moved_into_ours_and_one_in_ours_is_left_alone():
+    # brighton_beach's reference cloud: UTM 15N; the same points in the neighbouring zone 16N.
+    xyz = np.array([[576661.98, 5188114.06, 156.06], [576768.25, 5188211.70, 168.92]])
+    same, moved = to_crs(xyz, "EPSG:32615", CRS.from_epsg(32615).to_wkt())
+    assert not moved and np.array_equal(same, xyz)
+    east, moved = to_crs(xyz, 32615, "EPSG:32616")
+    assert moved and np.all(np.abs(east[:, 0] - xyz[:, 0]) > 100_000)  # another zone's central meridian
+    np.testing.assert_array_equal(east[:, 2], xyz[:, 2])  # horizontal CRSs on one datum: z as it was
+    # A change of projection is no translation: the 144 m between the points stretch by the two
+    # zones' scale factors (measured +0.247 m), which a translation could not remove.
+    assert np.linalg.norm(np.diff(east[:, :2], axis=0)) - np.linalg.norm(np.diff(xyz[:, :2], axis=0)) > 0.1
+    back, _ = to_crs(east, "EPSG:32616", "EPSG:32615")
+    np.testing.assert_allclose(back, xyz, atol=1e-6)
+    with pytest.raises(InputError, match=r"\[N, 3\]"):
+        to_crs(xyz[:, :2], 32615, 32616)

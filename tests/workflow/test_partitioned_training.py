@@ -125,7 +125,8 @@ def test_removing_one_partition_replans_only_it_and_resumes_a_killed_job(sample_
     proc.wait()
     assert not target.exists()
     run_snakemake(work, "--unlock", *SAMPLE_CONFIG)  # a killed Snakemake leaves its directory lock behind
-    run_snakemake(work, *alone, *SAMPLE_CONFIG)
+    # Up to the evaluation: the products after it are the products tests' business.
+    run_snakemake(work, "results/sample/merged/metrics.json", *alone, *SAMPLE_CONFIG)
     log = (work / "logs/train/sample/p01.log").read_text()
     resumed = re.findall(r"resumed p01 from checkpoint at step (\d+)", log)
     assert resumed and int(resumed[-1]) > 0

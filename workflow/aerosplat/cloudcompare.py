@@ -15,12 +15,14 @@ F-score. Two of its habits carry over:
   recall is for.
 
 DSMs on one grid compare by the median and NMAD of their difference (`dsm_median_difference`),
-robust to the edges and the odd spike.
+robust to the edges and the odd spike. A reference made in another CRS is moved into ours first
+(`to_crs`): a translation cannot absorb a change of projection.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from pyproj import CRS, Transformer
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
@@ -49,6 +51,25 @@ def _normals(pts: np.ndarray, tree: cKDTree, idx: np.ndarray, k: int = 12) -> np
     patch = pts[nb] - pts[nb].mean(axis=1, keepdims=True)  # [M, k, 3]
     _, vectors = np.linalg.eigh(np.einsum("mki,mkj->mij", patch, patch))
     return vectors[:, :, 0]  # eigenvalues ascending: column 0 is the normal
+
+
+def to_crs(xyz: np.ndarray, src_crs, dst_crs) -> tuple[np.ndarray, bool]:
+    """(points [N, 3] in `dst_crs`, whether they were reprojected) from points in `src_crs`.
+
+    CRSs are anything pyproj reads (EPSG code, WKT, CRS). Equal CRSs return the points untouched:
+    a needless round trip through pyproj would only add its rounding. z goes through pyproj too (it
+    stays as it is between two horizontal CRSs on one datum).
+    """
+    xyz = _points(xyz, "the points to reproject")
+    src, dst = CRS.from_user_input(src_crs), CRS.from_user_input(dst_crs)
+    if src.equals(dst, ignore_axis_order=True):
+        return xyz, False
+    x, y, z = Transformer.from_crs(src, dst, always_xy=True).transform(xyz[:, 0], xyz[:, 1], xyz[:, 2])
+    out = np.column_stack([x, y, z])
+    if not np.isfinite(out).all():
+        raise InputError(f"{int((~np.isfinite(out)).any(axis=1).sum())} point(s) fall outside what "
+                         f"{dst.name} can hold when moved from {src.name}")
+    return out, True
 
 
 def fit_translation(ours: np.ndarray, ref: np.ndarray, *, max_dist_m: float, iterations: int = 30,

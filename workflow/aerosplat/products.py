@@ -69,7 +69,8 @@ class ProductOptions:
     depth_tolerance_px: float = 1.5
     depth_tolerance_rel: float = 0.005
     point_spacing_m: float | None = None
-    dsm_fill_radius_m: float = 1.0
+    dsm_fill_radius_m: float = 4.0
+    dsm_agreement_m: float = 1.0
     dtm_fill_radius_m: float = 30.0
     cell_margin_m: float = 10.0
     max_tile_pixels: int = 160_000
@@ -323,6 +324,15 @@ def render_ortho(splats: dict, grid: Grid, origin: np.ndarray, max_tile_pixels: 
     return rgb, alpha, height
 
 
+def checked_by_cloud(dsm_ortho: np.ndarray, dsm_cloud: np.ndarray, agreement_m: float) -> np.ndarray:
+    """The splats' straight-down surface where the multi-view-consistent cloud confirms it (within
+    `agreement_m`), the cloud's where they disagree, nothing where the cloud has no support: a
+    render straight down also sees what no photo checked (the model's underside through a thin
+    surface, Gaussians beyond the flight's edge)."""
+    agree = np.isfinite(dsm_ortho) & (np.abs(dsm_ortho - dsm_cloud) <= agreement_m)
+    return np.where(agree, dsm_ortho, dsm_cloud).astype(np.float32)
+
+
 def crop_splats(splats: dict, xy: tuple[float, float, float, float]) -> dict:
     """The Gaussians centred in the local-frame rectangle (xmin, ymin, xmax, ymax)."""
     m = splats["means"]
@@ -374,7 +384,8 @@ def cell_products(pid: str, merged_ply, manifest_path, depth_dir, opts: ProductO
     grid = scene_grid(manifest, resolution, opts.memory_budget_mb)
     window = cell_window(grid, manifest, pid)
     cell = sub_grid(grid, window)
-    views = [v for v in all_views if v.name in set(part["images"])]
+    by_name = {v.name: v for v in all_views}
+    views = [by_name[n] for n in part["images"] if n in by_name]
     warnings: list[str] = []
     log.info("cell %s: window rows %d..%d, cols %d..%d of a %d x %d grid at %.3f m (training GSD %.3f m), "
              "%d views", pid, window[0], window[0] + window[2], window[1], window[1] + window[3],
@@ -410,6 +421,7 @@ def cell_products(pid: str, merged_ply, manifest_path, depth_dir, opts: ProductO
     ground = classify_ground(xyz, spacing) if len(xyz) else np.zeros(0, bool)
     xyz_del = xyz + origin
     dsm_cloud = rasterize.fill_gaps(rasterize.highest_per_cell(cell, xyz_del), opts.dsm_fill_radius_m / resolution)
+    dsm_ortho = checked_by_cloud(dsm_ortho, dsm_cloud, opts.dsm_agreement_m)
     dtm = rasterize.interpolate_ground(cell, xyz_del[ground], opts.dtm_fill_radius_m / resolution)
     if not np.isfinite(dtm).any():
         warnings.append(f"cell {pid}: no ground points among {len(xyz)} (water, one roof?): its DTM tile is empty")
@@ -417,8 +429,9 @@ def cell_products(pid: str, merged_ply, manifest_path, depth_dir, opts: ProductO
     dsm_mvs = np.full_like(dsm_cloud, np.nan)
     if opts.mvs_reference and views:
         t = time.time()
+        prior = trainer_depth_prior(manifest_path.parent / pid / "ckpt", views)
         dsm_mvs = mvs_reference_dsm(views, manifest_path.parent / manifest["points"], cell, origin, spacing,
-                                    opts, around)
+                                    opts, around, prior)
         log.info("cell %s: reference DSM from plane-sweep depth alone in %.1f s", pid, time.time() - t)
     surface = np.where(np.isfinite(dsm_ortho), dsm_ortho, dsm_cloud)
     counts = view_counts(cell, surface, origin, views)
@@ -453,16 +466,34 @@ def cell_products(pid: str, merged_ply, manifest_path, depth_dir, opts: ProductO
     return report
 
 
+def trainer_depth_prior(cache_dir: Path, views: list[View]):
+    """The plane-sweep depth the trainer computed for exactly these photos (its cache beside the
+    partition's checkpoint), or None: sweeping again costs minutes per cell on a CPU."""
+    from .mvs import DepthPrior
+    names = [v.name for v in views]
+    for path in sorted(Path(cache_dir).glob("depth_prior_*.pt"), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            state = torch.load(path, weights_only=False)
+        except Exception:  # an unreadable cache is only a lost shortcut
+            continue
+        if state.get("names") == names:
+            log.info("plane-sweep depth: the trainer's, %s", path)
+            return DepthPrior(state["depths"], state["Ks"], state["seconds"])
+    return None
+
+
 def mvs_reference_dsm(views: list[View], points_file: Path, grid: Grid, origin: np.ndarray, spacing: float,
-                      opts: ProductOptions, around: tuple) -> np.ndarray:
+                      opts: ProductOptions, around: tuple, prior=None) -> np.ndarray:
     """The photogrammetry route without splats, for comparison: plane-sweep depth of the same photos
-    (the trainer's depth prior), fused and rasterized exactly like the splats' depth."""
+    (the trainer's depth prior, swept again when the trainer left none), fused and rasterized exactly
+    like the splats' depth."""
     from .mvs import MVSConfig, compute_depth_prior
-    with np.load(points_file) as pts:
-        sfm_xyz = pts["xyz"]
-    images = [torch.from_numpy(v.rgb.astype(np.float32) / 255.0) for v in views]
-    prior = compute_depth_prior(images, [v.K for v in views], [v.w2c for v in views], sfm_xyz,
-                                MVSConfig(max_size=max(views[0].depth.shape)))
+    if prior is None:
+        with np.load(points_file) as pts:
+            sfm_xyz = pts["xyz"]
+        images = [torch.from_numpy(v.rgb.astype(np.float32) / 255.0) for v in views]
+        prior = compute_depth_prior(images, [v.K for v in views], [v.w2c for v in views], sfm_xyz,
+                                    MVSConfig(max_size=max(views[0].depth.shape)))
     mvs_views = []
     for i, v in enumerate(views):
         d = prior.at(i, v.depth.shape[1], v.depth.shape[0]).numpy().astype(np.float32)

@@ -89,8 +89,34 @@ def summarize(scene_dir: str | Path) -> str:
         for pid, p in (r.get("partitions") or {}).items():
             lines.append(f"    {pid}: {p['num_gaussians']} Gaussians, train PSNR {p['train_psnr']:.2f} dB, "
                          f"{p['iterations_per_second']:.1f} it/s on {p['device']}, {p['seconds']:.0f} s")
+    lines.extend(product_lines(d))
     lines.extend(warning_lines(d))
     return "\n".join(lines)
+
+
+def product_lines(scene_dir: Path) -> list[str]:
+    """The GIS products: grid, cloud, completeness, and the accuracy where truth exists."""
+    path = scene_dir / "products" / "metrics.json"
+    if not path.is_file():
+        return []
+    m = json.loads(path.read_text())
+    g = m["grid"]
+    out = [f"  products ({scene_dir / 'products'}): {g['width']} x {g['height']} cells at {m['resolution_m']:.3f} m "
+           f"(training GSD {m['gsd_m']:.3f} m), {m['crs']}; {m['points']['count']:,} points "
+           f"({m['points']['ground']:,} ground, {m['points']['ground_filter']}); completeness "
+           f"{100 * m['completeness']:.1f} % of the footprint; files: {', '.join(m['files'])}"]
+    acc = m.get("accuracy") or {}
+    for key, label in (("dsm", f"DSM ({m['dsm_source']})"), ("dsm_ortho", "  splats, straight down"),
+                       ("dsm_cloud", "  fused cloud"), ("dsm_mvs", "  plane-sweep only"), ("dtm", "DTM")):
+        if acc.get(key) and acc[key].get("median_abs_m") is not None:
+            e = acc[key]
+            out.append(f"    {label} vs truth: median |dz| {e['median_abs_m']:.3f} m, 90th pct {e['p90_abs_m']:.3f} m, "
+                       f"RMSE {e['rmse_m']:.3f} m")
+    if acc.get("ortho") and acc["ortho"].get("shift_abs_px") is not None:
+        o = acc["ortho"]
+        out.append(f"    orthophoto vs truth: shift {o['shift_abs_px']:.2f} px ({o['shift_m']:.3f} m), "
+                   f"PSNR {o['psnr_db']:.2f} dB")
+    return out
 
 
 def warning_lines(scene_dir: Path) -> list[str]:
@@ -100,7 +126,8 @@ def warning_lines(scene_dir: Path) -> list[str]:
     """
     logs = scene_dir.parent.parent / "logs"
     out = []
-    for log in sorted(logs.glob(f"*/{scene_dir.name}.log")) + sorted(logs.glob(f"*/{scene_dir.name}_*.log")):
+    for log in (sorted(logs.glob(f"*/{scene_dir.name}.log")) + sorted(logs.glob(f"*/{scene_dir.name}_*.log"))
+                + sorted(logs.glob(f"*/{scene_dir.name}/*.log"))):
         warnings = [line.split(" WARNING ", 1)[1].strip() for line in log.read_text(errors="replace").splitlines()
                     if " WARNING " in line]
         if warnings:

@@ -524,7 +524,7 @@ def cached_depth_prior(cache_dir: Path, images, Ks, cameras: list[Camera], xyz: 
         try:
             state = torch.load(path, weights_only=False)
             log.info("depth prior: reusing %s", path)
-            return DepthPrior(**state)
+            return DepthPrior(state["depths"], state["Ks"], state["seconds"])
         except Exception as exc:  # an unreadable cache is only a lost shortcut
             log.warning("depth prior cache %s unreadable (%s): sweeping again", path, exc)
     prior = compute_depth_prior([im.cpu() for im in images], Ks, [c.w2c for c in cameras], xyz,
@@ -532,7 +532,7 @@ def cached_depth_prior(cache_dir: Path, images, Ks, cameras: list[Camera], xyz: 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         torch.save({"depths": [d.cpu() for d in prior.depths], "Ks": prior.Ks,
-                    "seconds": prior.seconds}, tmp)
+                    "seconds": prior.seconds, "names": [c.name for c in cameras]}, tmp)
     return prior
 
 
@@ -780,10 +780,9 @@ def train_partition(manifest_path, pid: str, cfg: TrainConfig, splats_out, metri
         metrics["appearance"] = {c.name: {"gain": [round(x, 5) for x in g], "bias": [round(x, 5) for x in b]}
                                  for c, g, b in zip(cameras, gains, biases)}
     write_json(metrics_out, metrics)
+    # The depth prior stays beside it: a resumed or re-configured run reuses it, and the products
+    # stage scores its photogrammetry-only DSM with it (`products.mvs_reference`) instead of sweeping again.
     ckpt.remove()
-    if prior_cache is None:  # the checkpoint folder's copy only serves a resumed run
-        for f in ckpt.path.parent.glob("depth_prior_*.pt"):
-            f.unlink()
     log.info("%s done: train PSNR %.2f dB, %d Gaussians, %.0f s", pid, metrics["train_psnr"],
              metrics["num_gaussians"], metrics["seconds"])
     return metrics

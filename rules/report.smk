@@ -1,0 +1,55 @@
+# Stage 8: the QGIS project that opens every product (QGIS's own Python: the system's, or
+# envs/qgis.yaml on a cluster), and the report.
+
+
+rule qgis_project:
+    message:
+        "Writing the QGIS project of {wildcards.scene}"
+    input:
+        unpack(get_qgis_inputs),
+    output:
+        qgz="results/{scene}/report/{scene}.qgz",
+        map="results/{scene}/report/map.png",
+        summary="results/{scene}/report/qgis_project.json",
+        cameras="results/{scene}/report/cameras.gpkg",
+        ept=directory("results/{scene}/report/ept"),
+    params:
+        results_dir="results",
+        qgis_python=config.get("qgis_python"),
+    resources:
+        mem_mb=4000,
+    log:
+        "logs/qgis_project/{scene}.log",
+    benchmark:
+        "benchmarks/qgis_project/{scene}.tsv"
+    conda:
+        "../envs/qgis.yaml"
+    script:
+        "../scripts/qgis_project.py"
+
+
+rule report:
+    message:
+        "Writing the report of {wildcards.scene}"
+    input:
+        frame="results/{scene}/georef/frame.json",
+        manifest="results/{scene}/partitions/manifest.json",
+        merged="results/{scene}/merged/metrics.json",
+        products="results/{scene}/products/metrics.json",
+        # the QGIS map it embeds; and, as the last job, every earlier job's benchmark table exists
+        map="results/{scene}/report/map.png",
+    output:
+        metrics="results/{scene}/report/metrics.json",
+        html="results/{scene}/report/report.html",
+    params:
+        results_dir="results",
+        benchmarks_dir="benchmarks",
+        logs_dir="logs",
+    log:
+        "logs/report/{scene}.log",
+    benchmark:
+        "benchmarks/report/{scene}.tsv"
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/report.py"
