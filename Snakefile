@@ -10,6 +10,10 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
+# `snakemake --report report.zip`: the main figures (the scene's own report is report/report.html).
+report: "workflow/report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/sample.smk"
 include: "rules/ingest.smk"

@@ -9,12 +9,12 @@ rule qgis_project:
         unpack(get_qgis_inputs),
     output:
         qgz="results/{scene}/report/{scene}.qgz",
-        map="results/{scene}/report/map.png",
+        map=report("results/{scene}/report/map.png", caption="../workflow/report/map.rst", category="Products"),
         summary="results/{scene}/report/qgis_project.json",
         cameras="results/{scene}/report/cameras.gpkg",
         ept=directory("results/{scene}/report/ept"),
     params:
-        results_dir="results",
+        results_dir=lambda wc, output: str(Path(output.qgz).parents[2]),
         qgis_python=config.get("qgis_python"),
     resources:
         mem_mb=4000,
@@ -40,9 +40,10 @@ rule report:
         map="results/{scene}/report/map.png",
     output:
         metrics="results/{scene}/report/metrics.json",
-        html="results/{scene}/report/report.html",
+        html=report("results/{scene}/report/report.html", caption="../workflow/report/report.rst",
+                    category="Quality report"),
     params:
-        results_dir="results",
+        results_dir=lambda wc, output: str(Path(output.metrics).parents[2]),
         benchmarks_dir="benchmarks",
         logs_dir="logs",
     log:

@@ -14,6 +14,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+
 import numpy as np
 import pycolmap
 import pytest
@@ -23,6 +24,7 @@ from pyproj import CRS, Transformer
 
 from aerosplat import qgisproject as qp
 from aerosplat.gisio import write_cog, write_laz
+from clients import reopen_project
 
 from conftest import ROOT
 
@@ -205,48 +207,6 @@ def test_cells_gcps_and_crs_headers(tmp_path):
 QGIS_PROBLEM = qp.qgis_python_problem(qp.qgis_python())
 needs_qgis = pytest.mark.skipif(QGIS_PROBLEM is not None, reason=f"QGIS not available: {QGIS_PROBLEM}")
 
-REOPEN = r"""
-import json, sys
-from qgis.core import QgsApplication, QgsProject, QgsPointXY, QgsMapLayer
-from qgis.PyQt.QtCore import QVariant
-from qgis.PyQt.QtGui import QImage
-plain = lambda v: None if isinstance(v, QVariant) else v
-app = QgsApplication([], False)
-app.initQgis()
-project = QgsProject.instance()
-ok = project.read(sys.argv[1])
-layers = []
-for layer in project.mapLayers().values():
-    e = layer.extent()
-    row = {"name": layer.name(), "valid": layer.isValid(), "crs": layer.crs().authid(),
-           "provider": layer.providerType(), "source": layer.source(),
-           "extent": [e.xMinimum(), e.yMinimum(), e.xMaximum(), e.yMaximum()]}
-    if layer.type() == QgsMapLayer.VectorLayer:
-        row["features"] = layer.featureCount()
-        row["attributes"] = [[plain(v) for v in f.attributes()] for f in layer.getFeatures()]
-        row["fields"] = [f.name() for f in layer.fields()]
-    elif layer.type() == QgsMapLayer.RasterLayer:
-        row["renderer"] = layer.renderer().type()
-        if "Heights" in layer.name():
-            c = layer.extent().center()
-            row["centre_value"] = layer.dataProvider().sample(QgsPointXY(c.x(), c.y()), 1)[0]
-            row["corner_value"] = layer.dataProvider().sample(QgsPointXY(e.xMinimum() + 5, e.yMinimum() + 5), 1)[0]
-    elif layer.type() == QgsMapLayer.PointCloudLayer:
-        row["points"] = layer.pointCount()
-    layers.append(row)
-img = QImage(sys.argv[2])
-colours = set()
-for x in range(0, img.width(), 7):
-    for y in range(0, img.height(), 7):
-        colours.add(img.pixel(x, y))
-root = project.layerTreeRoot()
-print("RESULT" + json.dumps({"read": ok, "crs": project.crs().authid(), "layers": layers,
-                             "checked": [l.name() for l in root.checkedLayers()],
-                             "order": [n.name() for n in root.findLayers()],
-                             "map": [img.width(), img.height(), len(colours)]}))
-"""
-
-
 def _build(results: Path, scene: str, extra=()):
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
     out = results / scene / "report" / f"{scene}.qgz"
@@ -255,15 +215,6 @@ def _build(results: Path, scene: str, extra=()):
                           capture_output=True, text=True, timeout=180, env=env, cwd=results)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return out, json.loads((out.parent / qp.SUMMARY_NAME).read_text()), proc
-
-
-def _reopen(qgz: Path) -> dict:
-    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
-    proc = subprocess.run([qp.qgis_python(), "-c", REOPEN, str(qgz), str(qgz.parent / "map.png")],
-                          capture_output=True, text=True, timeout=120, env=env)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")), None)
-    assert line, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return json.loads(line[len("RESULT"):])
 
 
 def _by_name(layer: dict, key: str = "name") -> dict[str, dict]:
@@ -293,7 +244,7 @@ def test_project_opens_every_product_in_the_delivery_crs_with_relative_paths(tmp
     moved.parent.mkdir()
     (results).rename(moved)
     qgz = moved / "demo" / "report" / "demo.qgz"
-    res = _reopen(qgz)
+    res = reopen_project(qgz)
     assert res["read"] and res["crs"] == f"EPSG:{EPSG}"
     by_name = {layer["name"]: layer for layer in res["layers"]}
     expected = {"Orthophoto", "DSM", "DSM hillshade", "DTM", "Heights above ground (DSM − DTM)", "Point cloud (EPT)",
@@ -363,7 +314,7 @@ def test_without_a_dtm_the_project_is_written_and_says_why_layers_are_missing(tm
     assert "products/dtm.tif absent" in proc.stderr  # logged as well
     assert summary["ground_z"]["source"] == "mean of dsm.tif"
     assert not (root / "report" / "heights.tif").exists()
-    res = _reopen(qgz)
+    res = reopen_project(qgz)
     names = {layer["name"] for layer in res["layers"]}
     assert "DTM" not in names and not any("Heights" in n for n in names)
     assert {"DSM", "Orthophoto", "Cameras", "Point cloud (EPT)"} <= names
