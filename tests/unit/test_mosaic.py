@@ -5,6 +5,7 @@ import json
 
 import laspy
 import numpy as np
+import pytest
 import rasterio
 
 from aerosplat import gisio, mosaic, products
@@ -70,3 +71,22 @@ def test_no_ground_skips_the_dtm_with_a_warning_and_an_empty_cell_is_no_failure(
     assert any("p01 holds no Gaussians" in w for w in m["warnings"])
     assert (tmp_path / "products/dsm.tif").exists() and m["points"]["count"] == 500
     assert "dtm.tif" not in m["files"] and "dsm.tif" in m["files"]
+
+
+def test_pdal_pipelines_beside_the_rasters_make_them_on_the_same_grid(tmp_path):
+    cells = {"p00": _cell(tmp_path / "products", "p00", 0, 25, 510.0),
+             "p01": _cell(tmp_path / "products", "p01", 25, 15, 520.0)}
+    m = mosaic.mosaic(None, cells, tmp_path / "products", ProductOptions(mesh_faces=100))
+    dsm = json.loads((tmp_path / "products/pdal_dsm.json").read_text())["pipeline"]
+    writer = dsm[-1]
+    assert dsm[0]["filename"] == "points.laz" and writer["output_type"] == "max"
+    assert writer["resolution"] == GRID.cell and writer["override_srs"] == "EPSG:32632"
+    assert writer["bounds"] == f"([{GRID.west}, {GRID.west + 40.0}], [{GRID.north - 20.0}, {GRID.north}])"
+    dtm = json.loads((tmp_path / "products/pdal_dtm.json").read_text())["pipeline"]
+    assert dtm[1] == {"type": "filters.range", "limits": "Classification[2:2]"}
+    if not m["pdal"]["ran"]:
+        pytest.skip(f"the pipelines were written but not run: {m['pdal']['why']}")
+    with rasterio.open(tmp_path / "products/pdal_dsm.tif") as a, rasterio.open(tmp_path / "products/dsm.tif") as b:
+        assert a.transform == b.transform
+        both = (a.read(1) != NODATA) & (b.read(1) != NODATA)
+        assert np.median(np.abs(a.read(1)[both] - b.read(1)[both])) < 0.2

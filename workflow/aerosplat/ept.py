@@ -45,18 +45,6 @@ MAX_DEPTH = 24
 """Deepest level; only identical points (more than `max_node_points` of them) get this far."""
 
 
-def _colour16(rgb: np.ndarray | None, n: int) -> np.ndarray:
-    """RGB as LAS's 16-bit colour: uint8 scaled by 257, uint16 kept, floats read as 0..1."""
-    if rgb is None:
-        return np.full((n, 3), 65535, np.uint16)
-    rgb = np.asarray(rgb).reshape(-1, 3)
-    if rgb.dtype == np.uint8:
-        return rgb.astype(np.uint16) * 257
-    if rgb.dtype == np.uint16:
-        return rgb
-    return np.round(np.clip(rgb.astype(np.float64), 0, 1) * 65535).astype(np.uint16)
-
-
 def _srs(crs: CRS) -> dict:
     wkt = crs.to_wkt("WKT1_GDAL") or crs.to_wkt()
     srs = {"wkt": wkt}
@@ -190,17 +178,12 @@ def write_ept(out_dir: str | Path, xyz: np.ndarray, rgb: np.ndarray | None, clas
     crs = CRS.from_user_input(crs)
     if not crs.is_projected:
         raise InputError(f"an EPT point cloud needs a projected CRS in metres, got {crs.name}")
-    xyz = np.asarray(xyz, np.float64).reshape(-1, 3)
+    from .gisio import checked_cloud  # gisio's COPC writer uses this module's octree
+    xyz, colour, classification = checked_cloud(xyz, rgb, classification, "EPT")
     n = len(xyz)
-    if n == 0:
-        raise InputError("no points to write as EPT")
-    if not np.isfinite(xyz).all():
-        raise InputError(f"{int((~np.isfinite(xyz)).any(axis=1).sum())} point(s) with non-finite coordinates")
-    colour = _colour16(rgb, n)
-    classification = (np.ones(n, np.uint8) if classification is None else np.asarray(classification, np.uint8))
     intensity = np.zeros(n, np.uint16) if intensity is None else np.asarray(intensity, np.uint16)
-    if not (len(colour) == len(classification) == len(intensity) == n):
-        raise InputError("xyz, rgb, classification and intensity differ in length")
+    if len(intensity) != n:
+        raise InputError(f"xyz ({n}) and intensity ({len(intensity)}) differ in length")
     if classification.max() > 31:
         raise InputError(f"class {int(classification.max())} does not fit LAS point format 3 (classes 0-31)")
 

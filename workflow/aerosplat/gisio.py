@@ -90,6 +90,22 @@ def write_laz(path: str | Path, xyz: np.ndarray, rgb: np.ndarray | None, crs: CR
 
 
 
+def checked_cloud(xyz, rgb, classification, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """xyz [N, 3] float64, 16-bit colour [N, 3] and classes [N] of a cloud to write as `what`,
+    refused with the reason when empty, not finite or of mismatched lengths."""
+    xyz = np.asarray(xyz, np.float64).reshape(-1, 3)
+    n = len(xyz)
+    if n == 0:
+        raise InputError(f"no points to write as {what}")
+    if not np.isfinite(xyz).all():
+        raise InputError(f"{int((~np.isfinite(xyz)).any(axis=1).sum())} point(s) with non-finite coordinates")
+    colour = _colour16(rgb, n)
+    classes = np.ones(n, np.uint8) if classification is None else np.asarray(classification, np.uint8).reshape(-1)
+    if not (len(colour) == len(classes) == n):
+        raise InputError(f"xyz ({n}), rgb ({len(colour)}) and classification ({len(classes)}) differ in length")
+    return xyz, colour, classes
+
+
 def write_copc(path: str | Path, xyz: np.ndarray, rgb: np.ndarray | None, crs: CRS | str | int, *,
                classification: np.ndarray | None = None, max_node_points: int = COPC_MAX_NODE_POINTS,
                span: int = COPC_SPAN, seed: int = 0) -> dict:
@@ -100,17 +116,9 @@ def write_copc(path: str | Path, xyz: np.ndarray, rgb: np.ndarray | None, crs: C
     point lies inside its node's cube (COPC's `center` ± `halfsize`); the root's `spacing` is the
     cube side / `span`. Summary: points, nodes, depth, largest node, cube.
     """
-    xyz = np.asarray(xyz, np.float64).reshape(-1, 3)
     crs = _projected(crs, "a COPC point cloud")
+    xyz, colour, classes = checked_cloud(xyz, rgb, classification, "COPC")
     n = len(xyz)
-    if n == 0:
-        raise InputError("no points to write as COPC")
-    if not np.isfinite(xyz).all():
-        raise InputError(f"{int((~np.isfinite(xyz)).any(axis=1).sum())} point(s) with non-finite coordinates")
-    colour = _colour16(rgb, n)
-    classes = np.ones(n, np.uint8) if classification is None else np.asarray(classification, np.uint8).reshape(-1)
-    if not (len(colour) == len(classes) == n):
-        raise InputError(f"xyz ({n}), rgb ({len(colour)}) and classification ({len(classes)}) differ in length")
 
     offset = np.floor(xyz.min(axis=0))
     ints = np.round((xyz - offset) / LAS_SCALE_M).astype(np.int64)  # [N, 3] LAS integers, all >= 0

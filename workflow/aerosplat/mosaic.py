@@ -8,7 +8,9 @@ and faces, so deleting one cell's tiles re-runs that cell and this job, nothing 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import rasterio
 
 from . import accuracy, gisio, layout
 from .errors import InputError
-from .fileio import read_json, remove_paths, write_json
+from .fileio import atomic_path, read_json, remove_paths, write_json
 from .mesh import Mesh, dsm_mesh, write_mesh
 from .products import ELEVATION_BANDS, FOOTPRINT_VIEWS, NODATA, ProductOptions, cell_outputs
 from .rasterize import Grid
@@ -89,6 +91,8 @@ def mosaic(manifest_path, cell_dirs: dict[str, str | Path], out_dir, opts: Produ
     mesh25 = dsm_mesh(dsm.astype(np.float64), grid.transform, tuple(origin), opts.mesh_faces, colors=rgb_grid)
     mesh_info["mesh_25d"] = write_mesh(mesh25, out_dir, "mesh_25d", origin, epsg)
 
+    pipelines = pdal_pipelines(out_dir, grid, epsg)
+    pdal_run = run_pdal_pipelines(pipelines)
     data = np.isfinite(dsm)
     area_cell = grid.cell ** 2
     metrics = {
@@ -103,6 +107,7 @@ def mosaic(manifest_path, cell_dirs: dict[str, str | Path], out_dir, opts: Produ
                    "density_per_m2": round(len(xyz) / max(area_cell, float(data.sum() * area_cell)), 3),
                    "ground_filter": first["ground_filter"]},
         "meshes": mesh_info,
+        "pdal": {"pipelines": [p.name for p in pipelines.values()], **pdal_run},
         "cells": {pid: {k: r[k] for k in ("window", "views", "gaussians", "points", "ground_points",
                                            "fusion", "mesh", "seconds")} for pid, r in reports.items()},
         "warnings": warnings,
@@ -158,3 +163,43 @@ def _concat_meshes(paths) -> Mesh:
     if not verts:
         return Mesh(np.zeros((0, 3)), np.zeros((0, 3), np.int64), None)
     return Mesh(np.concatenate(verts), np.concatenate(faces), np.concatenate(cols))
+
+
+def pdal_pipelines(out_dir: Path, grid: Grid, epsg: int) -> dict[str, Path]:
+    """PDAL pipelines that make the DSM and the DTM from `points.laz` on the products' own grid,
+    written beside them so a user with PDAL (envs/gis.yaml) can re-run or vary them with
+    `pdal pipeline <file>`; run here too where PDAL is importable."""
+    bounds = f"([{grid.west}, {grid.west + grid.width * grid.cell}], " \
+             f"[{grid.north - grid.height * grid.cell}, {grid.north}])"
+    common = {"type": "writers.gdal", "resolution": grid.cell, "bounds": bounds, "gdaldriver": "GTiff",
+              "data_type": "float32", "nodata": NODATA, "override_srs": f"EPSG:{epsg}"}
+    stages = {
+        "dsm": [{"type": "readers.las", "filename": "points.laz"},
+                {**common, "filename": "pdal_dsm.tif", "output_type": "max"}],
+        "dtm": [{"type": "readers.las", "filename": "points.laz"},
+                {"type": "filters.range", "limits": "Classification[2:2]"},
+                {**common, "filename": "pdal_dtm.tif", "output_type": "idw", "window_size": 10}],
+    }
+    paths = {}
+    for name, pipeline in stages.items():
+        paths[name] = out_dir / f"pdal_{name}.json"
+        with atomic_path(paths[name]) as tmp:
+            tmp.write_text(json.dumps({"pipeline": pipeline}, indent=2) + "\n")
+    return paths
+
+
+def run_pdal_pipelines(paths: dict[str, Path]) -> dict:
+    """Run the pipelines with PDAL's Python bindings where they import; say why not otherwise."""
+    try:
+        import pdal
+    except ImportError:
+        return {"ran": False, "why": "PDAL is not importable here (no wheel or Debian package; envs/gis.yaml has it)"}
+    out = {"ran": True}
+    for name, path in paths.items():
+        cwd = os.getcwd()
+        os.chdir(path.parent)  # the pipelines name their files relative to the products folder
+        try:
+            out[name] = int(pdal.Pipeline(path.read_text()).execute())
+        finally:
+            os.chdir(cwd)
+    return out
