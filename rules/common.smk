@@ -192,3 +192,30 @@ def get_qgis_inputs(wildcards):
     if SCENES[scene]["positions"]["gcp_list"]:
         inputs["gcp_list"] = SCENES[scene]["positions"]["gcp_list"]
     return inputs
+
+
+def get_report_inputs(wildcards):
+    """The report comes last: after the products and, where QGIS can draw it, the project's map
+    (it embeds it). Without QGIS here the report does not wait for a project job that will fail."""
+    scene = wildcards.scene
+    inputs = {
+        "frame": f"results/{scene}/georef/frame.json",
+        "manifest": f"results/{scene}/partitions/manifest.json",
+        "merged": f"results/{scene}/merged/metrics.json",
+        "products": f"results/{scene}/products/metrics.json",
+    }
+    if qgis_problem() is None:
+        inputs["map"] = f"results/{scene}/report/map.png"
+    return inputs
+
+
+_QGIS_PROBLEM = []
+
+
+def qgis_problem():
+    """Why QGIS's Python cannot be used here (None when it can); asked once per run."""
+    if not _QGIS_PROBLEM:
+        from aerosplat.qgisproject import qgis_python, qgis_python_problem
+
+        _QGIS_PROBLEM.append(qgis_python_problem(qgis_python(config.get("qgis_python"))))
+    return _QGIS_PROBLEM[0]

@@ -32,12 +32,7 @@ rule report:
     message:
         "Writing the report of {wildcards.scene}"
     input:
-        frame="results/{scene}/georef/frame.json",
-        manifest="results/{scene}/partitions/manifest.json",
-        merged="results/{scene}/merged/metrics.json",
-        products="results/{scene}/products/metrics.json",
-        # the QGIS map it embeds; and, as the last job, every earlier job's benchmark table exists
-        map="results/{scene}/report/map.png",
+        unpack(get_report_inputs),
     output:
         metrics="results/{scene}/report/metrics.json",
         html=report("results/{scene}/report/report.html", caption="../workflow/report/report.rst",
@@ -46,6 +41,8 @@ rule report:
         results_dir=lambda wc, output: str(Path(output.metrics).parents[2]),
         benchmarks_dir="benchmarks",
         logs_dir="logs",
+    # Where QGIS is missing the project job fails (saying what to install): the report goes first.
+    priority: 10
     log:
         "logs/report/{scene}.log",
     benchmark:
