@@ -52,14 +52,14 @@ def _load_scenes(names):
         cfg["_file"] = str(path)
         for key in ("images", "truth", "generate"):
             cfg[key] = _resolve(name, cfg.get(key))
-        for key in ("geo_txt", "gcp_list"):
+        for key in ("geo_txt", "gcp_list", "check_points"):
             cfg["positions"][key] = _resolve(name, cfg["positions"].get(key))
         images = cfg["images"]
         if not images.startswith("results/") and not os.path.isdir(images):
             raise WorkflowError(
                 f"Scene '{name}' ({path}): `images: {images}` is not a folder. "
                 "What to do: point `images` at the folder of photos (relative to the repository root).")
-        for key in ("geo_txt", "gcp_list"):
+        for key in ("geo_txt", "gcp_list", "check_points"):
             p = cfg["positions"][key]
             if p and not p.startswith("results/") and not os.path.isfile(p):
                 raise WorkflowError(f"Scene '{name}' ({path}): `positions.{key}: {p}` does not exist.")
@@ -95,8 +95,9 @@ def get_georef_inputs(wildcards):
         "sparse": f"results/{wildcards.scene}/sfm/sparse",
         "exif": f"results/{wildcards.scene}/ingest/exif.csv",
     }
-    if cfg["positions"]["gcp_list"]:
-        inputs["gcp_list"] = cfg["positions"]["gcp_list"]
+    for key in ("gcp_list", "check_points"):
+        if cfg["positions"][key]:
+            inputs[key] = cfg["positions"][key]
     if cfg["truth"]:
         inputs["truth"] = cfg["truth"]
     return inputs

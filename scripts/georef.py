@@ -13,6 +13,7 @@ georef.run(
     snakemake.output.frame,
     crs=snakemake.params.crs,
     gcp_list=snakemake.input.get("gcp_list"),
+    check_points=snakemake.input.get("check_points"),
     truth_dir=snakemake.input.get("truth"),
     options=snakemake.params.options,
     scene_config=snakemake.params.scene_file,

@@ -20,6 +20,14 @@ estimate (sensor width, 35 mm equivalent) and the two disagree by more than
 `height_prior: relative_altitude` the focal is rescaled until they match (bundle
 adjustment re-run with the focal held each time) — right only when the drone
 took off at the level of the mapped ground, hence opt-in.
+
+Check points: gcp_list.txt points named CHK... (any case) and the points of
+`positions.check_points` are split off before anything uses GCPs (the CRS zone,
+the origin, the fit and its outlier tests), then triangulated in the final model
+and compared with their survey (`checkpoints`, `rmse_checkpoints_m`): the one
+accuracy figure the fit could not tune itself to. With fewer than 3 control
+points left, `method: auto` georeferences as it does without a gcp_list (GPS) and
+reports every marked point as a check point.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from . import crs as crsmod
 from .errors import InputError, StageFailure
 from .fileio import atomic_path, read_json, remove_paths, write_json
 from .ingest import DEFAULT_GPS_SIGMA_H_M, DEFAULT_GPS_SIGMA_V_M, RTK_FLAGS, ImageMeta, read_exif_csv
-from .odm_formats import parse_crs_header, parse_gcp_list
+from .odm_formats import GcpList, parse_crs_header, parse_gcp_list, split_check_points
 from .sfm import HEURISTIC_FOCAL_SOURCES, is_nadir_only
 from .simfit import FitResult, Similarity, fit_similarity_robust
 
@@ -125,7 +133,7 @@ def triangulate_rays(origins: np.ndarray, dirs: np.ndarray) -> np.ndarray:
 
 
 def triangulate_gcps(rec: pycolmap.Reconstruction, gcps, metas_by_name: dict[str, ImageMeta],
-                     max_reproj_px: float):
+                     max_reproj_px: float, kind: str = "GCP"):
     """Triangulate each GCP from its image observations in the SfM frame.
 
     Image coordinates in gcp_list.txt refer to the original photos (ODM's
@@ -155,7 +163,8 @@ def triangulate_gcps(rec: pycolmap.Reconstruction, gcps, metas_by_name: dict[str
             rays_d.append(d / np.linalg.norm(d))
             used.append((ob, im, uv))
         if len(used) < 2:
-            log.warning("GCP %s: seen in %d registered image(s); needs 2 to triangulate, skipped", name, len(used))
+            log.warning("%s %s: seen in %d registered image(s); needs 2 to triangulate, skipped", kind, name,
+                        len(used))
             continue
         X = triangulate_rays(np.array(rays_o), np.array(rays_d))
         errs = []
@@ -166,8 +175,8 @@ def triangulate_gcps(rec: pycolmap.Reconstruction, gcps, metas_by_name: dict[str
         if sum(keep) >= 2 and not all(keep):
             X = triangulate_rays(np.array(rays_o)[keep], np.array(rays_d)[keep])
         if sum(keep) < 2:
-            log.warning("GCP %s: reprojection errors %s px exceed %.1f px; skipped (check its image marks)",
-                        name, [round(e, 1) for e in errs], max_reproj_px)
+            log.warning("%s %s: reprojection errors %s px exceed %.1f px; skipped (check its image marks)",
+                        kind, name, [round(e, 1) for e in errs], max_reproj_px)
             continue
         out[name] = {"xyz_sfm": X, "geo": np.array([obs[0].geo_x, obs[0].geo_y, obs[0].geo_z], float),
                      "observations": len(obs), "used": int(sum(keep)),
@@ -369,8 +378,82 @@ def _rms(a: np.ndarray) -> float:
     return float(np.sqrt(np.mean(a ** 2))) if a.size else float("nan")
 
 
+MIN_CONTROL_POINTS = 3  # a similarity has 7 degrees of freedom; 3 points fix it
+
+
+def _split_points(gcp_list, check_points, known: set[str], method: str, scene_config: str):
+    """(control GcpList or None, [check GcpList...], method) from the scene's point files.
+
+    Check points leave here, before anything uses GCPs. With fewer than 3 control points left,
+    `auto` (and `gps`) does what it does without a gcp_list (GPS) and every marked point becomes
+    a check point; a GCP method (`gcp`, `gcp+gps`) cannot and stops.
+    """
+    control, checks = None, []
+    if gcp_list:
+        control, chk = split_check_points(parse_gcp_list(gcp_list, known, min_gcps=1))
+        checks.append(chk)
+    if check_points:
+        checks.append(parse_gcp_list(check_points, known, min_gcps=1))
+    checks = [c for c in checks if c.names]
+    seen: dict[str, str] = {n: str(gcp_list) for n in (control.names if control else [])}
+    for c in checks:
+        for n in c.names:
+            if n in seen:
+                raise InputError(f"point {n!r} is listed both in {seen[n]} and in {c.path}", path=c.path,
+                                 hint="a point is either a control point or a check point: rename or remove one")
+            seen[n] = c.path
+    if control is not None and len(control.names) < MIN_CONTROL_POINTS:
+        n_check = sum(len(c.names) for c in checks)
+        what = (f"{len(control.names)} control point(s) ({', '.join(control.names) or 'none'}) besides "
+                f"{n_check} check point(s) in {gcp_list}; fitting to GCPs needs {MIN_CONTROL_POINTS}")
+        if "gcp" in method:
+            raise InputError(what, path=scene_config,
+                             hint=f"`georef.method: {method}` fits to GCPs: name fewer points CHK... (check points) "
+                                  "or set `georef.method: auto` to fall back to GPS")
+        log.warning("%s: georeferencing from GPS alone, as `georef.method: %s` does without a gcp_list; "
+                    "every marked point is reported as a check point", what, method)
+        if control.names:
+            checks.insert(0, control)
+        control = None
+    if method == "auto":
+        method = "gcp+gps" if control is not None else "gps"
+    return control, checks, method
+
+
+def _point_rows(tri: dict, geo_delivery: dict, origin: np.ndarray, sim: Similarity, role: str,
+                inlier_of: dict | None = None) -> list[dict]:
+    """Residual rows (surveyed minus model, metres) of triangulated GCPs or check points."""
+    rows = []
+    for name, g in tri.items():
+        r = geo_delivery[name] - origin - sim.apply(g["xyz_sfm"][None])[0]
+        row = {"gcp": name, "role": role, "xyz": [float(v) for v in geo_delivery[name]],
+               "dx": float(r[0]), "dy": float(r[1]), "dz": float(r[2]), "horizontal_m": float(np.hypot(r[0], r[1])),
+               "observations": g["observations"], "used": g["used"], "reproj_px": g["reproj_px"]}
+        if inlier_of is not None:
+            row["inlier"] = inlier_of.get(("gcp", name))
+        rows.append(row)
+    return rows
+
+
+def _point_rmse(rows: list[dict]) -> dict | None:
+    if not rows:
+        return None
+    return {"horizontal": _rms(np.array([r["horizontal_m"] for r in rows])),
+            "vertical": _rms(np.array([r["dz"] for r in rows])), "count": len(rows)}
+
+
+def _delivery_positions(points: GcpList, delivery: CRS) -> dict[str, np.ndarray]:
+    """{name: surveyed position in the delivery CRS}."""
+    first = {}
+    for o in points.observations:
+        first.setdefault(o.name, (o.geo_x, o.geo_y, o.geo_z))
+    xyz = crsmod.to_crs(np.array(list(first.values()), float).reshape(-1, 3), points.crs, delivery)
+    return dict(zip(first, xyz))
+
+
 def run(sfm_sparse: str | Path, exif_csv: str | Path, out_sparse: str | Path, out_frame: str | Path, *,
-        crs: str | int | None = "auto", gcp_list: str | Path | None = None, truth_dir: str | Path | None = None,
+        crs: str | int | None = "auto", gcp_list: str | Path | None = None,
+        check_points: str | Path | None = None, truth_dir: str | Path | None = None,
         options: GeorefOptions | dict | None = None, scene_config: str = "scene config") -> dict:
     """Georeference `sfm_sparse`; write the local-frame model and `frame.json`."""
     t0 = time.monotonic()
@@ -384,7 +467,7 @@ def run(sfm_sparse: str | Path, exif_csv: str | Path, out_sparse: str | Path, ou
     def centre(model: pycolmap.Reconstruction, name: str) -> np.ndarray:
         return np.asarray(model.images[reg[name]].projection_center(), float)
 
-    gcps = parse_gcp_list(gcp_list, set(metas_by_name)) if gcp_list else None
+    gcps, check_lists, method = _split_points(gcp_list, check_points, set(metas_by_name), opts.method, scene_config)
     gcp_wgs84 = None
     if gcps is not None:
         g = np.array([[o.geo_x, o.geo_y, o.geo_z] for o in gcps.observations], float)
@@ -397,22 +480,14 @@ def run(sfm_sparse: str | Path, exif_csv: str | Path, out_sparse: str | Path, ou
     log.info("delivery CRS: %s (EPSG:%s)", delivery.name, epsg)
 
     positions = image_positions(metas, delivery, opts)
-    method = opts.method
-    if method == "auto":
-        method = "gcp+gps" if gcps is not None else "gps"
     if "gcp" in method and gcps is None:
         raise InputError(f"`georef.method: {method}` needs `gcp_list` in the scene YAML", path=scene_config,
                          hint="add `gcp_list: path/to/gcp_list.txt` (OpenDroneMap format) or use `method: gps`")
 
     cam_names = [n for n in reg if n in positions]
     all_dst = [positions[n][0] for n in cam_names]
-    gcp_geo_delivery = {}
-    if gcps is not None:
-        for o in gcps.observations:
-            if o.name not in gcp_geo_delivery:
-                gcp_geo_delivery[o.name] = crsmod.to_crs(np.array([[o.geo_x, o.geo_y, o.geo_z]]), gcps.crs,
-                                                         delivery)[0]
-        all_dst += list(gcp_geo_delivery.values())
+    gcp_geo_delivery = _delivery_positions(gcps, delivery) if gcps is not None else {}
+    all_dst += list(gcp_geo_delivery.values())
     if not all_dst:
         raise InputError("no registered image has a position and no GCP is usable", path=exif_csv,
                          hint="provide EXIF GPS, a geo.txt or a gcp_list.txt (see config/README.md)")
@@ -475,12 +550,19 @@ def run(sfm_sparse: str | Path, exif_csv: str | Path, out_sparse: str | Path, ou
         p["inlier"] = inlier_of.get(("image", p["image"]), None)
     cam_res = np.array(cam_res).reshape(-1, 3)
     inl = np.array([p["inlier"] is not False for p in per_image], bool)
-    gcp_rows = []
-    for name, g in tri.items():
-        r = gcp_geo_delivery[name] - origin - sim.apply(g["xyz_sfm"][None])[0]
-        gcp_rows.append({"gcp": name, "dx": float(r[0]), "dy": float(r[1]), "dz": float(r[2]),
-                         "observations": g["observations"], "used": g["used"], "reproj_px": g["reproj_px"],
-                         "inlier": inlier_of.get(("gcp", name))})
+    gcp_rows = _point_rows(tri, gcp_geo_delivery, origin, sim, "control", inlier_of)
+    # Check points: triangulated in the final model, after the fit that never saw them.
+    check_rows = []
+    for points in check_lists:
+        check_tri = triangulate_gcps(rec, points, metas_by_name, opts.gcp_max_reproj_px, kind="check point")
+        check_rows += _point_rows(check_tri, _delivery_positions(points, delivery), origin, sim, "check")
+    n_check = sum(len(c.names) for c in check_lists)
+    rmse_check = _point_rmse(check_rows)
+    if rmse_check:
+        log.info("check points (not in the fit): %d of %d triangulated, RMSE %.3f m horizontal, %.3f m vertical",
+                 len(check_rows), n_check, rmse_check["horizontal"], rmse_check["vertical"])
+    elif n_check:
+        log.warning("none of the %d check point(s) could be triangulated (see above): no check-point RMSE", n_check)
     outliers = [p["image"] for p in per_image if p["inlier"] is False]
     if outliers:
         log.warning("GPS outliers (excluded from the fit): %s", ", ".join(outliers))
@@ -510,8 +592,10 @@ def run(sfm_sparse: str | Path, exif_csv: str | Path, out_sparse: str | Path, ou
         "outliers": outliers,
         "per_image": per_image,
         "gcps": gcp_rows,
-        "rmse_gcp_m": ({"horizontal": _rms(np.array([np.hypot(g["dx"], g["dy"]) for g in gcp_rows])),
-                        "vertical": _rms(np.array([g["dz"] for g in gcp_rows]))} if gcp_rows else None),
+        "rmse_gcp_m": _point_rmse(gcp_rows),
+        # Points kept out of the fit: the independent accuracy figure.
+        "checkpoints": check_rows,
+        "rmse_checkpoints_m": rmse_check,
         "height_prior": height_info,
     }
 

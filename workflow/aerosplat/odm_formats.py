@@ -12,7 +12,8 @@ Formats (https://docs.opendronemap.org/geo/ and /gcp/):
   a PROJ string (``+proj=utm +zone=32 +datum=WGS84 +units=m +no_defs``), or ``WGS84``.
 - geo.txt lines: ``image x y [z] [yaw pitch roll] [h_acc v_acc] [extras...]``.
 - gcp_list.txt lines: ``geo_x geo_y geo_z im_x im_y image [gcp_name] [extras...]``;
-  im_x/im_y are pixels in the original (not downscaled) photo.
+  im_x/im_y are pixels in the original (not downscaled) photo. A point whose name starts
+  with ``CHK`` (any case: ``CHK1``, ``chk_north``) is a check point (`is_check_point`).
 - ``#`` comments and blank lines are ignored (also before the header, which ODM does
   not allow); fields are separated by whitespace.
 - As in ODM, geographic coordinates are always x = longitude, y = latitude
@@ -110,6 +111,27 @@ class GcpList:
     def images(self) -> set[str]:
         """Names of the images that show at least one GCP."""
         return {o.image for o in self.observations}
+
+
+CHECK_POINT_PREFIX = "CHK"
+
+
+def is_check_point(name: str) -> bool:
+    """Whether a gcp_list.txt point is a check point: its name starts with CHK, in any case.
+
+    Surveyors mark check points like GCPs; keeping them out of the fit makes their residuals an
+    independent measure of the result. A prefix keeps one file for both, as ODM users have it.
+    """
+    return name.upper().startswith(CHECK_POINT_PREFIX)
+
+
+def split_check_points(gcps: GcpList) -> tuple[GcpList, GcpList]:
+    """(control points, check points) of a parsed gcp_list.txt, both in its CRS."""
+    def part(check: bool) -> GcpList:
+        return GcpList(crs=gcps.crs, crs_text=gcps.crs_text, path=gcps.path,
+                       observations=[o for o in gcps.observations if is_check_point(o.name) == check],
+                       names=[n for n in gcps.names if is_check_point(n) == check])
+    return part(False), part(True)
 
 
 # ---------------------------------------------------------------------------

@@ -390,7 +390,9 @@ def gcp_rows(frame: dict) -> list[dict]:
         for row in frame.get(key) or []:
             d = [row.get("dx"), row.get("dy"), row.get("dz")]
             have = all(v is not None for v in d)
-            rows.append({"name": row.get("gcp") or row.get("name"), "role": row.get("role", role),
+            # frame.json calls control points "control": the styles and counts here say "gcp"
+            kind = "check" if row.get("role", role) == "check" else role
+            rows.append({"name": row.get("gcp") or row.get("name"), "role": kind,
                          "residual_m": float(np.linalg.norm(d)) if have else None,
                          "residual_h_m": float(np.hypot(d[0], d[1])) if have else None,
                          "residual_z_m": float(d[2]) if have else None,

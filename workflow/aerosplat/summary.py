@@ -57,6 +57,10 @@ def summarize(scene_dir: str | Path) -> str:
         if f.get("rmse_gcp_m"):
             line += f", GCP RMSE {f['rmse_gcp_m']['horizontal']:.3f} / {f['rmse_gcp_m']['vertical']:.3f} m"
         lines.append(line)
+        chk = f.get("rmse_checkpoints_m")
+        if chk:
+            lines.append(f"    check points (not in the fit): {chk['count']}, RMSE {chk['horizontal']:.3f} m horizontal"
+                         f" / {chk['vertical']:.3f} m vertical")
         pos = f.get("positions")
         if pos:
             lines.append(f"    positions: {pos['rtk_fixed_share']:.0%} RTK fixed, accuracy from "
