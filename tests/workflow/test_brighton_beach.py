@@ -89,12 +89,16 @@ def test_trains_end_to_end_on_cpu_and_scores_heldout_views(brighton):
 
 def test_slurm_dry_run_plans_one_gpu_training_job_per_partition(brighton):
     """`snakemake -n --profile profiles/slurm` (forced, as everything is done): one train job per
-    partition, each asking for a GPU, then the merge and the evaluation."""
+    partition, each asking for a GPU, then the merge and the evaluation, one products job per
+    partition cell, also asking for a GPU (it renders), the mosaic, the QGIS project and the report."""
     manifest = json.loads((brighton / "partitions" / "manifest.json").read_text())
     pids = sorted(p["id"] for p in manifest["partitions"])
     proc = run_snakemake(brighton.parents[1], "-n", "--forcerun", "train", *BRIGHTON_CONFIG,
                          profile=ROOT / "profiles" / "slurm")
-    assert job_counts(proc.stdout) == {"train": len(pids), "merge": 1, "evaluate": 1, "all": 1}
+    assert job_counts(proc.stdout) == {"train": len(pids), "merge": 1, "evaluate": 1, "products": len(pids),
+                                       "mosaic": 1, "qgis_project": 1, "report": 1, "all": 1}
+    cells = re.findall(r"GIS products of brighton_beach cell (p\d+) \(gpu=(\d+)\)", proc.stdout)
+    assert sorted(c[0] for c in cells) == pids and all(gpu == "1" for _, gpu in cells), cells
     jobs = re.findall(r"Training brighton_beach partition (p\d+) \(gpu=(\d+), threads=(\d+), mem_mb=(\d+)\)",
                       proc.stdout)
     assert sorted(j[0] for j in jobs) == pids
