@@ -38,7 +38,7 @@ from pyproj import CRS
 
 from . import depthmaps, gisio, layout, rasterize
 from .errors import InputError
-from .fileio import atomic_path, read_json, write_json
+from .fileio import atomic_path, write_json
 from .manifest import find_partition, load_manifest
 from .rasterize import Grid
 from .splats import read_ply, render_view
@@ -538,7 +538,3 @@ def cell_mesh(views: list[View], own: tuple, gsd: float, opts: ProductOptions, o
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, vertices=verts[used], faces=remap[faces], colors=cols[used])
     return {"faces": int(len(faces)), "vertices": int(len(used)), "voxel_m": round(voxel, 4)}
-
-
-def read_cell_report(path) -> dict:
-    return read_json(path)
