@@ -149,9 +149,9 @@ def get_evaluate_inputs(wildcards):
 
 
 def get_final_outputs(wildcards):
-    """Targets of `all`: each stage's JSON contract for every configured scene, and every
-    partition's trained model, so that a deleted or failed partition is re-trained (and the
-    merge after it re-run) even when the merged products are still on disk."""
+    """Targets of `all`: each stage's JSON contract for every configured scene, every partition's
+    trained model and every cell's product tiles, so that a deleted or failed partition or cell is
+    redone (and what is made from it after it) even when the merged products are still on disk."""
     targets = []
     for scene in SCENES:
         targets += [
@@ -164,6 +164,10 @@ def get_final_outputs(wildcards):
         ]
         targets += [f"results/{scene}/partitions/{pid}/{name}"
                     for pid in partition_ids(scene) for name in ("splats.ply", "metrics.json")]
+        # Each cell's tiles too: Snakemake does not remake a deleted intermediate file while what was
+        # made from it is on disk, and a user deletes a cell's tiles to have that cell redone.
+        targets += [path for pid in partition_ids(scene)
+                    for path in cell_outputs(f"results/{scene}/products/{pid}").values()]
     return targets
 
 
