@@ -38,6 +38,7 @@ from pyproj import CRS
 
 from . import depthmaps, gisio, layout, rasterize
 from .errors import InputError
+from .evaluate import backproject
 from .fileio import atomic_path, write_json
 from .manifest import find_partition, load_manifest
 from .rasterize import Grid
@@ -236,14 +237,8 @@ def agreeing_views(xyz: np.ndarray, views: list[View], skip: int | None,
 
 def backproject_view(view: View) -> tuple[np.ndarray, np.ndarray]:
     """World points [N, 3] and their photo colours [N, 3] of every pixel with a depth."""
-    ok = np.isfinite(view.depth)
-    v, u = np.nonzero(ok)
-    z = view.depth[ok].astype(np.float64)
-    x = (u + 0.5 - view.K[0, 2]) / view.K[0, 0] * z
-    y = (v + 0.5 - view.K[1, 2]) / view.K[1, 1] * z
-    cam = np.stack([x, y, z], 1)
-    R, t = view.w2c[:3, :3], view.w2c[:3, 3]
-    return (cam - t) @ R, view.rgb[v, u]
+    seen = view.depth > 0  # NaN (no surface) compares False
+    return backproject(view.depth, view.K, view.w2c, step=1), view.rgb[seen]
 
 
 def fuse_views(views: list[View], opts: ProductOptions, keep_xy: tuple[float, float, float, float]
