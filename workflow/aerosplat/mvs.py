@@ -261,11 +261,13 @@ class DepthPrior:
         return torch.cat(xyz).numpy(), (torch.cat(rgb).clamp(0, 1) * 255).numpy()
 
 
-def voxel_downsample(xyz: np.ndarray, rgb: np.ndarray, voxel: float) -> tuple[np.ndarray, np.ndarray]:
-    """One point per occupied voxel: the mean position and colour of the points in it."""
+def voxel_downsample(xyz: np.ndarray, rgb: np.ndarray, voxel: float,
+                     origin: np.ndarray | float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One point per occupied voxel: the mean position and colour of the points in it. The voxels
+    start at `origin` (default: the points' minimum; a fixed origin puts every subset on one lattice)."""
     if len(xyz) == 0:
         return xyz, rgb
-    keys = np.floor((xyz - xyz.min(0)) / voxel).astype(np.int64)
+    keys = np.floor((xyz - (xyz.min(0) if origin is None else origin)) / voxel).astype(np.int64)
     _, inv, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
     inv = inv.reshape(-1)
     out_xyz = np.zeros((len(counts), 3))

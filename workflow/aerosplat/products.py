@@ -39,6 +39,7 @@ from pyproj import CRS
 from . import depthmaps, gisio, layout, rasterize
 from .errors import InputError
 from .evaluate import backproject
+from .mvs import voxel_downsample
 from .fileio import atomic_path, write_json
 from .manifest import find_partition, load_manifest
 from .rasterize import Grid
@@ -268,14 +269,8 @@ def thin(xyz: np.ndarray, rgb: np.ndarray, spacing: float) -> tuple[np.ndarray, 
     neighbouring cells thin onto the same lattice."""
     if len(xyz) == 0:
         return xyz, rgb
-    keys = np.floor(xyz / spacing).astype(np.int64)
-    _, inv, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
-    inv = inv.reshape(-1)
-    out_xyz = np.zeros((len(counts), 3))
-    out_rgb = np.zeros((len(counts), 3))
-    np.add.at(out_xyz, inv, xyz)
-    np.add.at(out_rgb, inv, rgb.astype(np.float64))
-    return out_xyz / counts[:, None], np.round(out_rgb / counts[:, None]).astype(np.uint8)
+    out_xyz, out_rgb = voxel_downsample(xyz, rgb.astype(np.float64), spacing, origin=0.0)
+    return out_xyz, np.round(out_rgb).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------
